@@ -1,0 +1,30 @@
+# Environments install the CPU torch 2.13.0 wheel first (an unpinned torch pulls a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= out/demo
+
+.PHONY: venv test predict benchmark clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -c constraints.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+# Whole test suite, CPU-only.
+test: venv
+	$(PY) -m pytest -q tests
+
+# Main job on the built-in default input: a synthetic CT is written to $(DEMO_DIR)/inputs and segmented.
+predict: venv
+	$(PY) -m inference --demo $(DEMO_DIR)
+
+benchmark: venv
+	$(PY) -m inference.benchmark
+
+clean:
+	rm -rf out .pytest_cache
