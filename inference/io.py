@@ -18,6 +18,9 @@ from inference.geometry import Geometry, GeometryError
 
 log = logging.getLogger(__name__)
 
+# ITK prints reader warnings straight to stderr; our errors already name the file and the cause.
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
+
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 CHANNEL_SUFFIX = "_0000"  # FLARE / nnU-Net naming: <ID>_0000.nii.gz is channel 0 of case <ID>
 PARTIAL_MARKER = ".partial-"  # temporary outputs: .<name>.partial-<pid>.nii.gz

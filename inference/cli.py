@@ -1,0 +1,211 @@
+"""`python -m inference -i IN -o OUT`: segment CT scans (a folder, one file or a DICOM folder).
+
+Exit codes: 0 every case written; 1 some cases failed (each named with its cause); 2 usage error;
+3 fatal environment (weights missing or tampered, output folder not writable, no device when one
+was demanded), raised before any case is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
+
+log = logging.getLogger("inference")
+
+
+def _step_size(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"step size must be in (0, 1], got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from inference.export import EXPORT_METHODS
+    from inference.sliding_window import PRECISIONS
+    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-i", "--input", type=Path, help="folder of scans, one scan file, or a DICOM folder")
+    parser.add_argument("-o", "--output", type=Path, help="folder for <ID>.nii.gz label maps")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="cascade folder with cascade.json (default: the shipped weights/) "
+                             "or a single nnU-Net v2 model folder")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--step-size", type=_step_size, default=0.5, help="sliding-window step, fraction of the patch")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="network autocast (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--export", choices=EXPORT_METHODS, default="logits",
+                        help="logits: interpolate cropped logits then argmax (nnU-Net's result); "
+                             "argmax: argmax at model resolution then nearest upsampling")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="JSON run report (default: OUTPUT/run_report.json; '-' disables)")
+    parser.add_argument("--volumes", action="store_true", help="write <ID>_volumes.json and volumes.csv (organ mL, tumors)")
+    parser.add_argument("--preview", action="store_true", help="write <ID>_preview.png (axial/coronal/sagittal overlays)")
+    parser.add_argument("--demo", type=Path, metavar="DIR",
+                        help="write a synthetic CT to DIR/inputs and segment it into DIR/outputs")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def check_output_folder(output: Path) -> None:
+    from inference.io import remove_stale_partials
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"{output}: output folder not writable ({error.strerror or error})") from None
+    for stale in remove_stale_partials(output):
+        log.warning("removed a partial output left by an interrupted run: %s", stale)
+
+
+def write_demo_input(folder: Path) -> Path:
+    """A synthetic abdominal CT (and its true labels) to segment when no input is given."""
+    from inference.io import write_labels
+    from inference.phantom import make_phantom, write_phantom
+    phantom = make_phantom(2026, shape=(96, 224, 224), spacing=(2.5, 1.5, 1.5), phase="venous",
+                           direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    inputs = folder / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    write_phantom(phantom, inputs / "demo_0000.nii.gz")
+    (folder / "ground_truth").mkdir(exist_ok=True)
+    write_labels(folder / "ground_truth" / "demo.nii.gz", phantom.labels, phantom.geometry)
+    return inputs
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, path)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    if args.demo is not None:
+        args.input = args.input or args.demo / "inputs"
+        args.output = args.output or args.demo / "outputs"
+    if args.input is None or args.output is None:
+        parser.print_usage(sys.stderr)
+        print("error: -i/--input and -o/--output are required (or --demo DIR)", file=sys.stderr)
+        return EXIT_USAGE
+    return run(args)
+
+
+def run(args) -> int:
+    started = time.perf_counter()
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from inference.engine import DeviceError, EngineOptions, default_precision, resolve_device
+    from inference.io import discover_cases
+    from inference.manifest import ManifestError
+    from inference.model import ModelError
+    from inference.pipeline import read_case, run_cases
+    from inference.segmenters import DEFAULT_WEIGHTS, build_segmenter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.demo is not None and not args.input.exists():
+        write_demo_input(args.demo)
+    try:
+        cases = discover_cases(args.input)
+    except FileNotFoundError as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+    if not cases:
+        log.error("%s: no input scans found", args.input)
+        return EXIT_USAGE
+    try:
+        if args.output.resolve() == args.input.resolve():
+            raise PermissionError(f"{args.output}: output folder must differ from the input folder")
+        check_output_folder(args.output)
+        device = resolve_device(args.device)
+        options = EngineOptions(device=device, step_size=args.step_size,
+                                precision=args.precision or default_precision(device), export=args.export)
+        with ThreadPoolExecutor(1) as prefetch:  # read the first case while the weights load
+            first_read = prefetch.submit(read_case, cases[0])
+            segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options)
+    except (ModelError, ManifestError, DeviceError, PermissionError) as error:
+        log.error("fatal: %s", error)
+        return EXIT_FATAL
+    log.info("%d case(s) from %s on %s (%s, step %.2f, export %s)", len(cases), args.input, device,
+             options.precision, options.step_size, options.export)
+    on_case_done = _case_extras(args) if (args.volumes or args.preview) else None
+    progress = _progress_bar(len(cases), disable=args.no_progress)
+    reports = run_cases(cases, args.output, segmenter, on_case_done=on_case_done, progress=progress,
+                        first_read=first_read)
+    if progress is not None:
+        progress.close()
+    failed = [r for r in reports if r.status != "ok"]
+    for report in failed:
+        log.error("FAILED %s: %s", report.input, report.error)
+    log.info("%d of %d case(s) written to %s in %.1f s; %d failed", len(reports) - len(failed), len(reports),
+             args.output, time.perf_counter() - started, len(failed))
+    if args.volumes:
+        _write_volume_table(args.output, reports)
+    _write_report(args, options, reports, time.perf_counter() - started)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _progress_bar(total: int, disable: bool):
+    if disable or total < 2 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="case", desc="segmenting")
+
+
+def _case_extras(args):
+    """Per-case volume report and preview, written next to the label maps."""
+    def extras(report, volume, labels, geometry):
+        if args.volumes:
+            from inference.report import volume_report, write_volume_report_json
+            volumes = volume_report(labels, geometry)
+            write_volume_report_json(args.output / f"{report.case_id}_volumes.json", volumes)
+            report.volumes = volumes
+        if args.preview:
+            from inference.preview import write_preview_png
+            write_preview_png(args.output / f"{report.case_id}_preview.png", volume, labels, geometry)
+    return extras
+
+
+def _write_volume_table(output: Path, reports) -> None:
+    from inference.report import write_volume_reports_csv
+    tables = {r.case_id: r.volumes for r in reports if r.volumes is not None}
+    if tables:
+        write_volume_reports_csv(output / "volumes.csv", tables)
+
+
+def _write_report(args, options, reports, seconds: float) -> None:
+    if args.report is not None and str(args.report) == "-":
+        return
+    path = args.report or args.output / "run_report.json"
+    from inference.pipeline import peak_gpu_mb, peak_rss_mb
+    payload = {
+        "input": str(args.input), "output": str(args.output),
+        "model": str(args.model or "weights"),
+        "options": {"device": str(options.device), "step_size": options.step_size,
+                    "precision": options.precision, "export": options.export},
+        "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
+                    "failed": sum(r.status != "ok" for r in reports), "seconds": round(seconds, 2),
+                    "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu_mb()},
+        "cases": [{k: v for k, v in r.as_dict().items()} for r in reports],
+    }
+    write_json_atomic(path, payload)

@@ -1,0 +1,116 @@
+"""One nnU-Net model on one volume: preprocess -> sliding window -> labels on the input grid."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from inference.export import EXPORT_METHODS, export_labels
+from inference.model import LoadedModel
+from inference.preprocessing import Preprocessed, preprocess
+from inference.sliding_window import PRECISIONS, predict_sliding_window
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available (a fatal environment error)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: torch.device = torch.device("cpu")
+    step_size: float = 0.5
+    precision: str = "fp32"  # autocast of the network: fp32, bf16 (CPU) or fp16 (GPU)
+    export: str = "logits"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.export not in EXPORT_METHODS:
+            raise ValueError(f"export must be one of {EXPORT_METHODS}, got {self.export!r}")
+        if not 0 < self.step_size <= 1:
+            raise ValueError(f"step size must be in (0, 1], got {self.step_size}")
+
+
+def default_precision(device: torch.device) -> str:
+    """fp16 on CUDA (what nnU-Net's predictor does); fp32 on the CPU, where bf16 is opt-in (BENCHMARKS.md)."""
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+class Timer:
+    """Accumulates wall time per named step into a dict."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+
+    def __call__(self, name: str):
+        return _TimedStep(self.timings, name)
+
+
+class _TimedStep:
+    def __init__(self, timings, name):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+class ModelRunner:
+    """Runs one loaded nnU-Net model with the engine's options."""
+
+    def __init__(self, model: LoadedModel, options: EngineOptions):
+        self.model = model.to(options.device)
+        self.options = options
+        self.config = model.config
+
+    def predict_logits(self, volume: np.ndarray, spacing, timings: dict[str, float]) -> tuple[torch.Tensor, Preprocessed]:
+        timer = Timer(timings)
+        device = self.options.device
+        with timer("preprocess"):
+            pre = preprocess(volume, spacing, self.config, device=device)
+        with timer("network"):
+            logits = self._sliding_window(pre.data)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return logits, pre
+
+    def _sliding_window(self, data: torch.Tensor) -> torch.Tensor:
+        kwargs = dict(step_size=self.options.step_size, precision=self.options.precision)
+        if self.options.device.type != "cuda":
+            return predict_sliding_window(self.model, data, self.config.patch_size, self.config.num_classes, **kwargs)
+        try:  # fp16 logits on the GPU; host RAM if the map does not fit
+            return predict_sliding_window(self.model, data, self.config.patch_size, self.config.num_classes,
+                                          accumulate_dtype=torch.float16, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            log.warning("GPU out of memory for the logit map; accumulating in host RAM")
+            torch.cuda.empty_cache()
+            return predict_sliding_window(self.model, data, self.config.patch_size, self.config.num_classes,
+                                          accumulate_device="cpu", **kwargs)
+
+    def segment(self, volume: np.ndarray, spacing, timings: dict[str, float]) -> np.ndarray:
+        """Labels (uint8, label values of the model's dataset.json) on the grid of `volume`."""
+        logits, pre = self.predict_logits(volume, spacing, timings)
+        with Timer(timings)("export"):
+            labels = export_labels(logits, pre, self.config.transpose_backward, self.options.export,
+                                   self.config.label_values)
+        del logits
+        return labels

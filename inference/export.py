@@ -1,0 +1,143 @@
+"""Logits at model resolution -> labels on the input grid, never holding all classes at full resolution.
+
+Two methods (compare them in BENCHMARKS.md):
+- "argmax": argmax at model resolution, then nearest-neighbour upsampling of the labels. Cheapest.
+- "logits": what nnU-Net does (linear interpolation of the logits, then argmax) restricted to the
+  region that can hold foreground and computed slab by slab along the first axis with the argmax
+  taken per slab. The result equals interpolating the whole map and taking its argmax: outside the
+  box every interpolated vector is a convex combination of vectors whose argmax is background,
+  hence background too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from inference.preprocessing import Preprocessed
+from inference.resampling import linear_source_weights, resample_torch
+
+EXPORT_METHODS = ("logits", "argmax")
+SLAB_BYTES = 256 * 2**20  # working set per slab; keeps CPU RSS and GPU memory bounded on any length
+
+
+def _area_bins(in_size: int, out_size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive average pooling bins [lo, hi) of output indices start..stop-1 (torch 'area')."""
+    i = np.arange(start, stop)
+    return (i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)
+
+
+def source_span(in_size: int, out_size: int, start: int, stop: int) -> tuple[int, int]:
+    """Input index range [lo, hi) read by output indices [start, stop) along one axis."""
+    if out_size == in_size:
+        return start, stop
+    if out_size > in_size:
+        lo, hi, _ = linear_source_weights(in_size, out_size)
+        return int(lo[start:stop].min()), int(hi[start:stop].max()) + 1
+    lo, hi = _area_bins(in_size, out_size, start, stop)
+    return int(lo.min()), int(hi.max())
+
+
+def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int) -> tuple[int, int]:
+    """Output index range whose values read any input index in [box_lo, box_hi) along one axis."""
+    if out_size == in_size:
+        return box_lo, box_hi
+    if out_size > in_size:
+        lo, hi, _ = linear_source_weights(in_size, out_size)
+    else:
+        lo, hi = _area_bins(in_size, out_size, 0, out_size)
+        hi = hi - 1
+    touching = np.flatnonzero((hi >= box_lo) & (lo < box_hi))
+    return int(touching[0]), int(touching[-1]) + 1
+
+
+def resample_axis(x: torch.Tensor, dim: int, in_size: int, out_size: int, out_start: int, out_stop: int,
+                  in_offset: int = 0) -> torch.Tensor:
+    """Outputs out_start..out_stop-1 of resizing axis `dim` from in_size to out_size (area down,
+    linear up, align_corners=False), when `x` holds input indices from `in_offset` on.
+
+    Resampling is separable, so applying this per axis equals torch's 3D call; computing only an
+    output window with global weights is what lets us crop and chunk exactly.
+    """
+    if out_size == in_size:
+        return x.narrow(dim, out_start - in_offset, out_stop - out_start)
+    shape = [1] * x.dim()
+    shape[dim] = out_stop - out_start
+    if out_size > in_size:
+        lo, hi, frac = (a[out_start:out_stop] for a in linear_source_weights(in_size, out_size))
+        lo_t = torch.as_tensor(lo - in_offset, device=x.device)
+        hi_t = torch.as_tensor(hi - in_offset, device=x.device)
+        weight = torch.as_tensor(frac, device=x.device, dtype=x.dtype).reshape(shape)
+        low = x.index_select(dim, lo_t)
+        return low + (x.index_select(dim, hi_t) - low) * weight
+    lo, hi = _area_bins(in_size, out_size, out_start, out_stop)
+    cumulative = torch.cumsum(x, dim=dim, dtype=torch.float64 if x.device.type == "cpu" else torch.float32)
+    cumulative = torch.cat([torch.zeros_like(cumulative.narrow(dim, 0, 1)), cumulative], dim=dim)
+    sums = (cumulative.index_select(dim, torch.as_tensor(hi - in_offset, device=x.device))
+            - cumulative.index_select(dim, torch.as_tensor(lo - in_offset, device=x.device)))
+    counts = torch.as_tensor(hi - lo, device=x.device, dtype=sums.dtype).reshape(shape)
+    return (sums / counts).to(x.dtype)
+
+
+def _foreground_box(labels: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
+    foreground = labels != 0
+    if not bool(foreground.any()):
+        return None
+    box = []
+    for axis in range(labels.dim()):
+        other = tuple(a for a in range(labels.dim()) if a != axis)
+        present = torch.nonzero(foreground.any(dim=other)).flatten()
+        box.append((int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
+def logits_to_labels_interpolated(logits: torch.Tensor, out_shape) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+    """Argmax of linearly resized logits, computed only where foreground can appear.
+
+    Returns the labels inside the foreground window and the window's slices in the output grid.
+    """
+    in_shape = tuple(logits.shape[1:])
+    box = _foreground_box(logits.argmax(0))
+    if box is None:
+        return np.zeros((0, 0, 0), np.uint8), None
+    window = [output_span(i, o, lo, hi) for i, o, (lo, hi) in zip(in_shape, out_shape, box)]
+    sources = [source_span(i, o, a, b) for i, o, (a, b) in zip(in_shape, out_shape, window)]
+    (z0, z1), (y0, y1), (x0, x1) = window
+    classes = logits.shape[0]
+    bytes_per_slice = classes * (y1 - y0) * (x1 - x0) * 4 * 3  # slab, its y pass and the x pass
+    slab = max(1, SLAB_BYTES // max(bytes_per_slice, 1))
+    (_, _), (sy0, sy1), (sx0, sx1) = sources
+    labels = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=np.uint8)
+    for start in range(z0, z1, slab):
+        stop = min(start + slab, z1)
+        sz0, sz1 = source_span(in_shape[0], out_shape[0], start, stop)
+        part = logits[:, sz0:sz1, sy0:sy1, sx0:sx1].float()
+        part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0)
+        part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0)
+        part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0)
+        labels[start - z0:stop - z0] = part.argmax(0).to(torch.uint8).cpu().numpy()
+    return labels, tuple(slice(a, b) for a, b in window)
+
+
+def logits_to_labels_nearest(logits: torch.Tensor, out_shape) -> np.ndarray:
+    low = logits.argmax(0).to(torch.uint8)
+    if tuple(low.shape) == tuple(out_shape):
+        return low.cpu().numpy()
+    return resample_torch(low, tuple(out_shape), mode="nearest").cpu().numpy()
+
+
+def export_labels(logits: torch.Tensor, pre: Preprocessed, transpose_backward, method: str = "logits",
+                  label_values: list[int] | None = None) -> np.ndarray:
+    """Labels (uint8) on the original input grid from model-resolution logits of one case."""
+    if method not in EXPORT_METHODS:
+        raise ValueError(f"export method must be one of {EXPORT_METHODS}, got {method!r}")
+    full = np.zeros(pre.transposed_shape, dtype=np.uint8)
+    if method == "logits":
+        labels, window = logits_to_labels_interpolated(logits, pre.crop.shape)
+        if window is not None:
+            crop_view = full[pre.crop.slices]
+            crop_view[window] = labels
+    else:
+        full[pre.crop.slices] = logits_to_labels_nearest(logits, pre.crop.shape)
+    if label_values is not None and label_values != list(range(len(label_values))):
+        full = np.asarray(label_values, dtype=np.uint8)[full]  # class index -> label value
+    return np.ascontiguousarray(full.transpose(transpose_backward))

@@ -1,0 +1,140 @@
+"""Many cases through one segmenter: per-case isolation, a prefetching reader, a background writer.
+
+The next case is read while the current one is predicted and the previous one written (one thread
+each, at most one case ahead, so RAM stays bounded). A case that fails is reported with its cause
+and never stops the others; its output file is never created.
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from inference.geometry import Geometry
+from inference.io import Case, InputError, read_image, write_labels
+
+log = logging.getLogger(__name__)
+
+
+class Segmenter(Protocol):
+    def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
+        """uint8 labels with `volume`'s shape; adds per-step seconds to `timings`."""
+
+
+@dataclass
+class CaseReport:
+    case_id: str
+    input: str
+    output: str | None
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    shape_zyx: list[int] | None = None
+    spacing_zyx: list[float] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
+    labels_present: list[int] | None = None
+    volumes: dict | None = None  # organ and tumor volumes, when asked for
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def peak_gpu_mb() -> float | None:
+    import torch
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_reserved() / 2**20
+
+
+def read_case(case: Case):
+    start = time.perf_counter()
+    volume, geometry = read_image(case.path)
+    return volume, geometry, time.perf_counter() - start
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, InputError):
+        return error.cause
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:500]
+
+
+def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
+              on_case_done: Callable[[CaseReport, np.ndarray | None, np.ndarray | None, Geometry | None], None] | None = None,
+              progress=None, first_read: Future | None = None) -> list[CaseReport]:
+    """Segment every case into output_dir/<ID>.nii.gz; returns one report per case, in order.
+
+    `on_case_done(report, volume, labels, geometry)` runs after a case is segmented (volume
+    reports, previews); its failures fail that case only. `first_read` is the first case's read,
+    already started by the caller (so that it overlaps model loading).
+    """
+    output_dir = Path(output_dir)
+    reports: list[CaseReport] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
+        pending_read = first_read or (reader.submit(read_case, cases[0]) if cases else None)
+        pending_write: tuple[Future, CaseReport] | None = None
+        for index, case in enumerate(cases):
+            current = pending_read
+            pending_read = reader.submit(read_case, cases[index + 1]) if index + 1 < len(cases) else None
+            report = CaseReport(case.case_id, str(case.path), None, "failed")
+            started = time.perf_counter()
+            try:
+                volume, geometry, read_seconds = current.result()
+                report.seconds["read"] = read_seconds
+                report.shape_zyx, report.spacing_zyx = list(geometry.shape), list(geometry.spacing)
+                labels = segmenter.segment(volume, geometry, report.seconds)
+                if labels.shape != geometry.shape or labels.dtype != np.uint8:
+                    raise RuntimeError(f"segmenter returned {labels.dtype} {labels.shape}, expected uint8 {geometry.shape}")
+                report.labels_present = [int(v) for v in np.unique(labels) if v]
+                if on_case_done is not None:
+                    on_case_done(report, volume, labels, geometry)
+                del volume
+            except Exception as error:  # one case's failure never stops the others
+                report.error = _describe(error)
+                log.error("%s: %s", case.path, report.error)
+                log.debug("traceback", exc_info=True)
+                labels = None
+            if pending_write is not None:
+                _finish_write(*pending_write)
+                pending_write = None
+            if labels is not None:
+                output = case.output_path(output_dir)
+                future = writer.submit(_write, output, labels, geometry, report)
+                pending_write = (future, report)
+            report.seconds["total"] = time.perf_counter() - started
+            report.peak_rss_mb = round(peak_rss_mb(), 1)
+            gpu = peak_gpu_mb()
+            report.peak_gpu_mb = round(gpu, 1) if gpu is not None else None
+            reports.append(report)
+            if progress is not None:
+                progress.update(1)
+        if pending_write is not None:
+            _finish_write(*pending_write)
+    return reports
+
+
+def _write(output: Path, labels: np.ndarray, geometry: Geometry, report: CaseReport) -> None:
+    start = time.perf_counter()
+    write_labels(output, labels, geometry)
+    report.seconds["write"] = time.perf_counter() - start
+    report.output = str(output)
+
+
+def _finish_write(future: Future, report: CaseReport) -> None:
+    try:
+        future.result()
+        report.status = "ok"
+    except Exception as error:
+        report.error = f"writing failed: {_describe(error)}"
+        log.error("%s: %s", report.case_id, report.error)

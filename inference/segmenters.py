@@ -1,0 +1,38 @@
+"""What `--model PATH` names, turned into a Segmenter.
+
+- a folder with `cascade.json`: the cascade it describes (organ model, tumor models, post-processing);
+- an nnU-Net v2 model folder (`plans.json`): that model alone, its labels written as they are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from inference.engine import EngineOptions, ModelRunner
+from inference.geometry import Geometry
+from inference.manifest import is_manifest_folder, load_manifest
+from inference.model import ModelError, load_model
+from inference.preprocessing import sanitize_hu
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+class SingleModelSegmenter:
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+
+    def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
+        return self.runner.segment(sanitize_hu(volume), geometry.spacing, timings)
+
+
+def build_segmenter(model_path, options: EngineOptions):
+    """Verify and load everything before any case is touched (errors here are fatal, exit 3)."""
+    model_path = Path(model_path)
+    if is_manifest_folder(model_path):
+        from inference.cascade import CascadeSegmenter  # the cascade pulls in cc3d; only load it when used
+        return CascadeSegmenter(load_manifest(model_path), options)
+    if (model_path / "plans.json").is_file():
+        return SingleModelSegmenter(ModelRunner(load_model(model_path, device=options.device), options))
+    raise ModelError(f"{model_path}: neither a cascade folder ({model_path}/cascade.json) nor an nnU-Net "
+                     "model folder (plans.json)")
