@@ -14,27 +14,10 @@ import numpy as np
 import torch
 
 from inference.preprocessing import Preprocessed
-from inference.resampling import linear_source_weights, resample_torch
+from inference.resampling import area_bins, linear_source_weights, resample_torch, source_range_for_output
 
 EXPORT_METHODS = ("logits", "argmax")
 SLAB_BYTES = 256 * 2**20  # working set per slab; keeps CPU RSS and GPU memory bounded on any length
-
-
-def _area_bins(in_size: int, out_size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Adaptive average pooling bins [lo, hi) of output indices start..stop-1 (torch 'area')."""
-    i = np.arange(start, stop)
-    return (i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)
-
-
-def source_span(in_size: int, out_size: int, start: int, stop: int) -> tuple[int, int]:
-    """Input index range [lo, hi) read by output indices [start, stop) along one axis."""
-    if out_size == in_size:
-        return start, stop
-    if out_size > in_size:
-        lo, hi, _ = linear_source_weights(in_size, out_size)
-        return int(lo[start:stop].min()), int(hi[start:stop].max()) + 1
-    lo, hi = _area_bins(in_size, out_size, start, stop)
-    return int(lo.min()), int(hi.max())
 
 
 def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int) -> tuple[int, int]:
@@ -44,8 +27,8 @@ def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int) -> tuple[
     if out_size > in_size:
         lo, hi, _ = linear_source_weights(in_size, out_size)
     else:
-        lo, hi = _area_bins(in_size, out_size, 0, out_size)
-        hi = hi - 1
+        lo, hi = area_bins(in_size, out_size)
+        hi = hi - 1  # last input index read
     touching = np.flatnonzero((hi >= box_lo) & (lo < box_hi))
     return int(touching[0]), int(touching[-1]) + 1
 
@@ -63,13 +46,14 @@ def resample_axis(x: torch.Tensor, dim: int, in_size: int, out_size: int, out_st
     shape = [1] * x.dim()
     shape[dim] = out_stop - out_start
     if out_size > in_size:
-        lo, hi, frac = (a[out_start:out_stop] for a in linear_source_weights(in_size, out_size))
+        weight_dtype = np.float64 if x.dtype == torch.float64 else np.float32  # torch's own precision
+        lo, hi, frac = (a[out_start:out_stop] for a in linear_source_weights(in_size, out_size, weight_dtype))
         lo_t = torch.as_tensor(lo - in_offset, device=x.device)
         hi_t = torch.as_tensor(hi - in_offset, device=x.device)
         weight = torch.as_tensor(frac, device=x.device, dtype=x.dtype).reshape(shape)
         low = x.index_select(dim, lo_t)
         return low + (x.index_select(dim, hi_t) - low) * weight
-    lo, hi = _area_bins(in_size, out_size, out_start, out_stop)
+    lo, hi = (b[out_start:out_stop] for b in area_bins(in_size, out_size))
     cumulative = torch.cumsum(x, dim=dim, dtype=torch.float64 if x.device.type == "cpu" else torch.float32)
     cumulative = torch.cat([torch.zeros_like(cumulative.narrow(dim, 0, 1)), cumulative], dim=dim)
     sums = (cumulative.index_select(dim, torch.as_tensor(hi - in_offset, device=x.device))
@@ -100,7 +84,7 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape) -> tuple[np.n
     if box is None:
         return np.zeros((0, 0, 0), np.uint8), None
     window = [output_span(i, o, lo, hi) for i, o, (lo, hi) in zip(in_shape, out_shape, box)]
-    sources = [source_span(i, o, a, b) for i, o, (a, b) in zip(in_shape, out_shape, window)]
+    sources = [source_range_for_output(i, o, a, b) for i, o, (a, b) in zip(in_shape, out_shape, window)]
     (z0, z1), (y0, y1), (x0, x1) = window
     classes = logits.shape[0]
     bytes_per_slice = classes * (y1 - y0) * (x1 - x0) * 4 * 3  # slab, its y pass and the x pass
@@ -109,7 +93,7 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape) -> tuple[np.n
     labels = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=np.uint8)
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
-        sz0, sz1 = source_span(in_shape[0], out_shape[0], start, stop)
+        sz0, sz1 = source_range_for_output(in_shape[0], out_shape[0], start, stop)
         part = logits[:, sz0:sz1, sy0:sy1, sx0:sx1].float()
         part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0)
         part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0)
