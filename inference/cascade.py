@@ -1,0 +1,335 @@
+"""The FLARE23 cascade: organ stage -> organ clean-up -> aorta crop -> tumor stages -> merge.
+
+Each step is a small pure function taking the Geometry explicitly; `CascadeSegmenter` strings
+them together. Stages are callables, so tests drive the whole cascade with oracle "networks":
+
+- organ stage: `(volume, spacing, timings) -> uint8 labels 0..13` on the grid of `volume`;
+- tumor stage (one per host organ): `(crop, spacing, timings) -> labels on the crop`, in the tumor
+  nnU-Net model's own label values: 0 background, 1 tumor. The cascade turns 1 into label 14.
+
+Order, and why: organ post-processing runs first, so that a stray aorta speck can neither stretch
+the aorta crop nor sway the contrast decision, and so that tumor crops are boxes around clean
+organs; it works on organ labels only, before the tumor merge, so no tumor voxel is ever removed
+by an organ rule.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from inference.cascade_params import CascadeParameters
+from inference.engine import EngineOptions, ModelRunner, Timer
+from inference.geometry import Geometry
+from inference.manifest import Manifest, ManifestError, TumorStage
+from inference.postprocessing import postprocess_organs
+from inference.preprocessing import sanitize_hu
+from inference.report import LABEL_NAMES
+
+log = logging.getLogger(__name__)
+
+AORTA = 5
+TUMOR = 14
+TUMOR_MODEL_LABEL = 1  # the tumor nnU-Net models' dataset.json: {"background": 0, "tumor": 1}
+TUMOR_CONNECTIVITY = 26
+FILTER_REASONS = ("not_connected", "too_small", "low_overlap", "total_too_small")
+_ROUNDING = 1e-6  # so that 50 mm / 2.5 mm is 20 slices, not 19.999999
+
+StageFn = Callable[[np.ndarray, tuple, dict], np.ndarray]
+
+
+# ---------------------------------------------------------------- geometry helpers
+
+def cranio_caudal_axis(geometry: Geometry) -> tuple[int, float]:
+    """(array axis most aligned with the patient's head-feet axis, +1/-1 if increasing index goes cranial)."""
+    axis = int(np.argmax([abs(geometry.axis_direction(a)[2]) for a in range(3)]))
+    return axis, geometry.cranial_sign(axis)
+
+
+def voxel_mm3(geometry: Geometry) -> float:
+    return float(np.prod(geometry.spacing))
+
+
+def voxels_for_mm3(mm3: float, geometry: Geometry) -> int:
+    """Smallest voxel count whose volume reaches `mm3`."""
+    return max(0, math.ceil(mm3 / voxel_mm3(geometry) - _ROUNDING))
+
+
+def _extent(mask: np.ndarray, axis: int) -> tuple[int, int] | None:
+    """(first, last) index along `axis` where `mask` has a voxel, or None."""
+    present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+    return (int(present[0]), int(present[-1])) if present.size else None
+
+
+# ---------------------------------------------------------------- aorta crop and contrast
+
+@dataclass(frozen=True)
+class SlabCrop:
+    """Index range [start, stop) kept along array `axis`."""
+    axis: int
+    start: int
+    stop: int
+
+    def as_dict(self) -> dict:
+        return {"axis": self.axis, "start": self.start, "stop": self.stop}
+
+
+def aorta_crop(organs: np.ndarray, geometry: Geometry, params: CascadeParameters) -> SlabCrop | None:
+    """Slices from the aorta's most cranial one down to `aorta_caudal_margin_mm` below its most
+    caudal one, along the array axis closest to the patient's z; None without a usable aorta."""
+    aorta = organs == AORTA
+    if np.count_nonzero(aorta) < max(1, voxels_for_mm3(params.aorta_min_mm3, geometry)):
+        return None
+    axis, cranial = cranio_caudal_axis(geometry)
+    first, last = _extent(aorta, axis)
+    margin = math.floor(params.aorta_caudal_margin_mm / geometry.spacing[axis] + _ROUNDING)
+    if cranial > 0:  # caudal = lower indices
+        return SlabCrop(axis, max(0, first - margin), last + 1)
+    return SlabCrop(axis, first, min(organs.shape[axis], last + 1 + margin))
+
+
+def apply_slab_crop(labels: np.ndarray, crop: SlabCrop) -> np.ndarray:
+    """A copy of `labels` with everything outside the slab set to background."""
+    result = labels.copy()
+    index = [slice(None)] * labels.ndim
+    index[crop.axis] = slice(0, crop.start)
+    result[tuple(index)] = 0
+    index[crop.axis] = slice(crop.stop, None)
+    result[tuple(index)] = 0
+    return result
+
+
+def aorta_median_hu(volume: np.ndarray, organs: np.ndarray, geometry: Geometry,
+                    params: CascadeParameters) -> float | None:
+    aorta = organs == AORTA
+    if np.count_nonzero(aorta) < max(1, voxels_for_mm3(params.aorta_min_mm3, geometry)):
+        return None
+    return float(np.median(volume[aorta]))
+
+
+# ---------------------------------------------------------------- tumor crops
+
+def organ_crop_box(mask: np.ndarray, geometry: Geometry, params: CascadeParameters) -> tuple[slice, ...] | None:
+    """Bounding box of `mask` plus the tumor margins (mm, rounded up to whole voxels per axis), clamped."""
+    cc_axis, _ = cranio_caudal_axis(geometry)
+    box = []
+    for axis in range(mask.ndim):
+        extent = _extent(mask, axis)
+        if extent is None:
+            return None
+        margin_mm = params.tumor_margin_cranio_caudal_mm if axis == cc_axis else params.tumor_margin_in_plane_mm
+        margin = max(0, math.ceil(margin_mm / geometry.spacing[axis] - _ROUNDING))
+        box.append(slice(max(0, extent[0] - margin), min(mask.shape[axis], extent[1] + 1 + margin)))
+    return tuple(box)
+
+
+@dataclass
+class TumorFilterResult:
+    kept: np.ndarray  # bool mask on the crop
+    kept_components: int = 0
+    removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILTER_REASONS, 0))
+
+    def as_dict(self) -> dict:
+        return {"kept": self.kept_components, "removed": dict(self.removed)}
+
+
+def filter_tumor(tumor: np.ndarray, organ: np.ndarray, geometry: Geometry,
+                 params: CascadeParameters) -> TumorFilterResult:
+    """Credible tumor of one host organ (both masks on the same crop; DESIGN section 4).
+
+    Per 26-connected component, in this order (the first failed test is the recorded reason):
+    not touching or overlapping the organ; smaller than `tumor_min_component_mm3`; fewer voxels
+    on the organ than `tumor_min_organ_overlap_mm3`. Then, if what is left totals less than
+    `tumor_min_total_mm3`, all of it goes. With the default values the size test only names the
+    reason (a component under 32 voxels cannot overlap the organ by 80); it decides on its own
+    when the overlap threshold is lowered.
+    """
+    result = TumorFilterResult(np.zeros(tumor.shape, dtype=bool))
+    components, count = cc3d.connected_components(tumor, connectivity=TUMOR_CONNECTIVITY, return_N=True)
+    if count == 0:
+        return result
+    stats = cc3d.statistics(components, no_slice_conversion=True)
+    sizes = np.asarray(stats["voxel_counts"], dtype=np.int64)
+    overlap = np.bincount(components[organ], minlength=count + 1)
+    reason = np.full(count + 1, "", dtype=object)
+    if params.tumor_require_organ_contact:
+        bounds = stats["bounding_boxes"][1:]  # per component: min, max (inclusive) per array axis
+        tumor_box = tuple(slice(int(bounds[:, 2 * a].min()), int(bounds[:, 2 * a + 1].max()) + 1)
+                          for a in range(tumor.ndim))
+        touching = np.bincount(components[_dilated_near(organ, tumor_box)], minlength=count + 1) > 0
+        reason[~touching] = "not_connected"
+    checks = [(sizes < voxels_for_mm3(params.tumor_min_component_mm3, geometry), "too_small"),
+              (overlap < voxels_for_mm3(params.tumor_min_organ_overlap_mm3, geometry), "low_overlap")]
+    for failed, name in checks:
+        reason[failed & (reason == "")] = name
+    reason[0] = "background"
+    kept = reason == ""
+    if sizes[kept].sum() < voxels_for_mm3(params.tumor_min_total_mm3, geometry):
+        reason[kept] = "total_too_small"
+        kept[:] = False
+    for name in FILTER_REASONS:
+        result.removed[name] = int(np.count_nonzero(reason == name))
+    result.kept_components = int(np.count_nonzero(kept))
+    if result.kept_components:
+        result.kept = kept[components]
+    return result
+
+
+def _dilated_near(organ: np.ndarray, tumor_box: tuple[slice, ...]) -> np.ndarray:
+    """`organ` dilated by one voxel (26-neighbourhood); exact inside `tumor_box`, which is all the
+    contact test reads, so only that box plus a one-voxel rim is dilated."""
+    dilated = np.zeros(organ.shape, dtype=bool)
+    box = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in tumor_box)
+    dilated[box] = ndimage.binary_dilation(organ[box], structure=np.ones((3,) * organ.ndim, dtype=bool))
+    return dilated
+
+
+def merge_tumor(organs: np.ndarray, tumor: np.ndarray) -> np.ndarray:
+    """Tumor (14) overrides organ labels."""
+    labels = organs.astype(np.uint8, copy=True)
+    labels[tumor] = TUMOR
+    return labels
+
+
+# ---------------------------------------------------------------- the segmenter
+
+def release_gpu_cache(device) -> None:
+    """Hand cached GPU blocks back after a stage: NVML counts the caching pool as used memory."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+
+def _checked_labels(labels, shape, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != tuple(shape):
+        raise ValueError(f"{what} returned shape {labels.shape}, expected {tuple(shape)}")
+    return labels
+
+
+def _as_organ_labels(labels: np.ndarray) -> np.ndarray:
+    """uint8 organ labels 0..13 (cc3d and the merge are fastest on uint8; anything else is a wiring error)."""
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if not np.issubdtype(labels.dtype, np.integer) or low < 0 or high >= TUMOR:
+        raise ValueError(f"organ stage returned {labels.dtype} labels in [{low}, {high}]; expected integers 0..13")
+    return labels.astype(np.uint8, copy=False)
+
+
+def _check_tumor_model(model, stage: TumorStage) -> None:
+    values = model.config.label_values
+    if values != [0, TUMOR_MODEL_LABEL]:
+        raise ManifestError(f"{stage.folder}: a tumor model must have labels [0, {TUMOR_MODEL_LABEL}] "
+                            f"(background, tumor), got {values}")
+
+
+class CascadeSegmenter:
+    """Segmenter protocol (`segment(volume, geometry, timings) -> uint8 labels`) for the cascade.
+
+    `organ_stage` / `tumor_stage_fns` ({host organ label: callable}) replace the models the
+    manifest names (tests); which tumor stages exist and whether they need contrast always comes
+    from the manifest. After each case `last_case_info` describes what the cascade decided.
+    """
+
+    def __init__(self, manifest: Manifest, options: EngineOptions | None = None, *,
+                 organ_stage: StageFn | None = None, tumor_stage_fns: dict[int, StageFn] | None = None):
+        self.options = options or EngineOptions()
+        try:
+            self.params = CascadeParameters.from_manifest(manifest.parameters)
+        except (TypeError, ValueError) as error:
+            raise ManifestError(f"{manifest.root}: {error}") from None
+        self.tumor_stages = tuple(manifest.tumor_stages)
+        hosts = [stage.organ for stage in self.tumor_stages]
+        if len(set(hosts)) != len(hosts) or not all(h in LABEL_NAMES and h != TUMOR for h in hosts):
+            raise ManifestError(f"{manifest.root}: tumor stages must serve distinct organ labels 1..13, got {hosts}")
+        if tumor_stage_fns is not None and set(tumor_stage_fns) != set(hosts):
+            raise ValueError(f"tumor_stage_fns serve organs {sorted(tumor_stage_fns)}, "
+                             f"the manifest's stages {sorted(hosts)}")
+        self.organ_stage = organ_stage or self._load(manifest.organ_folder)
+        self.tumor_stage_fns = dict(tumor_stage_fns) if tumor_stage_fns is not None else {
+            stage.organ: self._load(stage.folder, stage) for stage in self.tumor_stages}
+        self.last_case_info: dict = {}
+
+    def _load(self, folder, tumor_stage: TumorStage | None = None) -> StageFn:
+        from inference.model import load_model
+        model = load_model(folder, device=self.options.device)
+        if tumor_stage is not None:
+            _check_tumor_model(model, tumor_stage)
+        return ModelRunner(model, self.options).segment
+
+    def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
+        if tuple(volume.shape) != geometry.shape:
+            raise ValueError(f"volume shape {volume.shape} does not match its geometry {geometry.shape}")
+        timer, stage_seconds = Timer(timings), {}
+        info = {"aorta_found": False, "aorta_median_hu": None, "contrast_enhanced": False, "z_crop": None,
+                "tumor_stages_run": [], "tumor_stages_skipped": {}, "tumor_components": {},
+                "stage_seconds": stage_seconds}
+        self.last_case_info = info
+        with timer("organ_network"):
+            hu = sanitize_hu(volume)
+            organs = _as_organ_labels(self._run(self.organ_stage, hu, geometry, stage_seconds.setdefault("organ", {}),
+                                                "organ stage"))
+        with timer("postprocess"):
+            organs = postprocess_organs(organs, self.params.organ_postprocessing)
+        with timer("aorta_crop"):
+            organs = self._aorta_step(hu, organs, geometry, info)
+        tumor = np.zeros(geometry.shape, dtype=bool)
+        for stage in self.tumor_stages:
+            self._tumor_step(stage, hu, organs, geometry, tumor, info, timer)
+        with timer("merge"):
+            return merge_tumor(organs, tumor)
+
+    def _run(self, fn: StageFn, volume, geometry, seconds: dict, what: str) -> np.ndarray:
+        try:
+            return _checked_labels(fn(volume, geometry.spacing, seconds), volume.shape, what)
+        finally:
+            release_gpu_cache(self.options.device)
+
+    def _aorta_step(self, hu, organs, geometry, info) -> np.ndarray:
+        crop = aorta_crop(organs, geometry, self.params)
+        if crop is None:
+            log.info("no aorta found (under %.0f mm3): no cranio-caudal crop, scan taken as not contrast-enhanced",
+                     self.params.aorta_min_mm3)
+            return organs
+        median = aorta_median_hu(hu, organs, geometry, self.params)
+        info.update(aorta_found=True, aorta_median_hu=median, z_crop=crop.as_dict(),
+                    contrast_enhanced=median >= self.params.contrast_hu_threshold)
+        log.info("aorta crop: axis %d, slices [%d, %d); aorta median %.0f HU -> %s", crop.axis, crop.start,
+                 crop.stop, median, "contrast-enhanced" if info["contrast_enhanced"] else "not contrast-enhanced")
+        return apply_slab_crop(organs, crop)
+
+    def _tumor_step(self, stage: TumorStage, hu, organs, geometry, tumor, info, timer: Timer) -> None:
+        name = LABEL_NAMES[stage.organ]
+        if stage.needs_contrast and not info["contrast_enhanced"]:
+            info["tumor_stages_skipped"][name] = "not contrast-enhanced"
+            return
+        with timer(f"tumor_{name}"):
+            organ = organs == stage.organ
+            box = organ_crop_box(organ, geometry, self.params)
+            if box is None:
+                info["tumor_stages_skipped"][name] = "organ absent"
+                return
+            crop = hu[box]
+            output = self._run(self.tumor_stage_fns[stage.organ], crop, geometry,
+                               info["stage_seconds"].setdefault(name, {}), f"tumor stage for {name}")
+            found = _tumor_mask(output, name)
+            result = filter_tumor(found, organ[box], geometry, self.params)
+            tumor[box] |= result.kept
+            info["tumor_stages_run"].append(name)
+            info["tumor_components"][name] = result.as_dict()
+
+
+def _tumor_mask(output: np.ndarray, name: str) -> np.ndarray:
+    """The tumor model's label 1 as a mask; anything but 0/1 (e.g. 14 already) is a wiring error."""
+    if output.dtype == bool:
+        return output.copy()
+    low, high = (output.min(), output.max()) if output.size else (0, 0)
+    if not np.issubdtype(output.dtype, np.integer) or low < 0 or high > TUMOR_MODEL_LABEL:
+        raise ValueError(f"tumor stage for {name} returned {output.dtype} labels in [{low}, {high}]; expected "
+                         f"integers 0 (background) and {TUMOR_MODEL_LABEL} (tumor)")
+    return output == TUMOR_MODEL_LABEL
