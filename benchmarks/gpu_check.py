@@ -1,0 +1,154 @@
+"""GPU check, prepared to finish within about 5 minutes on one lent GPU (see benchmarks/gpu_check.sh).
+
+1. Correctness on small cases: the CUDA path (fp32 and fp16) gives the labels of the CPU path, the
+   cupy resampling backend matches the scipy oracle, and the cascade on CUDA matches the CPU.
+2. Cost on clinical-size synthetic cases (512x512xN at 0.8x0.8x2.5 mm): a fresh `python -m inference`
+   process per case (imports, CUDA start-up and weight loading included), whole-device GPU memory
+   (NVML total minus free every 0.1 s: max and area under the curve) and wall time, for the organ
+   model alone and for the full cascade, with networks of the paper's size (organ: 6-stage U-Net
+   32-320 features, patch 96x160x160; tumor: 5 stages, patch 56x112x176). The weights are random:
+   time and memory depend on the architecture and the crop sizes, not on the weight values;
+   the crop sizes each case produced are printed beside the figures.
+
+    python -m benchmarks.gpu_check --work /tmp/gpu_check [--cases 2] [--slices 300]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("gpu_check")
+REPO = Path(__file__).resolve().parent.parent
+ORGAN_PATCH, ORGAN_SPACING = (96, 160, 160), (2.5, 1.6, 1.6)
+TUMOR_PATCH, TUMOR_SPACING = (56, 112, 176), (2.5, 0.8, 0.8)
+TUMOR_ORGANS = {1: "liver", 2: "right_kidney", 4: "pancreas", 13: "left_kidney"}
+
+
+def correctness(work: Path) -> dict:
+    """Small cases through CPU and CUDA paths; returns agreement figures (1.0 = identical labels)."""
+    from inference.engine import EngineOptions, ModelRunner
+    from inference.model import load_model
+    from inference.phantom import make_phantom
+    from inference.resampling import resample_cupy, resample_scipy
+    from training.model_folders import make_model_folder
+
+    folder = make_model_folder(work / "small_model", patch=(32, 64, 64), bias_class=0)
+    phantom = make_phantom(7, shape=(40, 160, 160), spacing=(2.5, 0.8, 0.8))
+    volume, spacing = phantom.image.astype(np.float32), phantom.geometry.spacing
+    cpu = ModelRunner(load_model(folder), EngineOptions(torch.device("cpu"))).segment(volume, spacing, {})
+    results = {}
+    for precision in ("fp32", "fp16"):
+        cuda = ModelRunner(load_model(folder), EngineOptions(torch.device("cuda"), precision=precision))
+        labels = cuda.segment(volume, spacing, {})
+        results[f"cuda_{precision}_vs_cpu_fp32_voxel_agreement"] = float((labels == cpu).mean())
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3, 20, 37, 41)).astype(np.float32)
+    for shape in [(40, 74, 82), (10, 20, 21), (20, 80, 30)]:
+        difference = np.abs(resample_cupy(data, shape) - resample_scipy(data, shape)).max()
+        results[f"cupy_vs_scipy_max_abs_{'x'.join(map(str, shape))}"] = float(difference)
+    return results
+
+
+def write_paper_cascade(root: Path) -> Path:
+    """Random-weight networks of the paper's size, as nnU-Net model folders + cascade.json."""
+    from training.manifest import write_manifest
+    from training.model_folders import make_model_folder, paper_architecture
+    if (root / "cascade.json").is_file():
+        return root
+    make_model_folder(root / "organ", patch=ORGAN_PATCH, spacing=ORGAN_SPACING,
+                      arch=paper_architecture(ORGAN_PATCH, ORGAN_SPACING), bias_class=0)
+    tumor_arch = paper_architecture(TUMOR_PATCH, TUMOR_SPACING, features=(32, 64, 128, 256, 320))
+    stages = []
+    for organ, name in TUMOR_ORGANS.items():
+        make_model_folder(root / f"tumor_{name}", labels={"background": 0, "tumor": 1}, patch=TUMOR_PATCH,
+                          spacing=TUMOR_SPACING, arch=tumor_arch, seed=organ, bias_class=0)
+        stages.append({"organ": organ, "folder": f"tumor_{name}", "needs_contrast": organ in (2, 13)})
+    write_manifest(root, organ_folder="organ", tumor_stages=stages,
+                   provenance={"description": "random weights of the paper's network sizes, for timing only"})
+    return root
+
+
+def clinical_cases(folder: Path, count: int, slices: int) -> Path:
+    from inference.phantom import make_phantom, write_phantom
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        path = folder / f"clinical_{index:02d}_0000.nii.gz"
+        if not path.exists():
+            phantom = make_phantom(300 + index, shape=(slices, 512, 512), spacing=(2.5, 0.8, 0.8), phase="arterial",
+                                   fov="random", direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+            write_phantom(phantom, path)
+    return folder
+
+
+def cost(work: Path, cases: Path, device: str) -> dict:
+    from evaluation.harness import run_harness
+    weights = write_paper_cascade(work / "paper_weights")
+    python = sys.executable
+    variants = {
+        "organ_only": f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights / 'organ'} "
+                      f"--report {work}/organ_{{case}}.json --no-progress",
+        "cascade": f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights} "
+                   f"--report {work}/cascade_{{case}}.json --no-progress",
+    }
+    table = {}
+    for name, template in variants.items():
+        results = run_harness(template, cases, work / name, gpu_index=0, interval_s=0.1, progress=False)
+        table[name] = [vars(r) for r in results]
+        for result in table[name]:
+            report_path = work / f"{'organ' if name == 'organ_only' else 'cascade'}_{result['case']}.json"
+            if report_path.is_file():
+                case = json.loads(report_path.read_text())["cases"][0]
+                result["seconds"] = {k: round(v, 2) for k, v in case["seconds"].items()}
+                result["details"] = case.get("details")
+    return table
+
+
+def print_table(results: dict) -> None:
+    device = results["device"]
+    print(f"\nGPU check on {device}")
+    for key, value in results["correctness"].items():
+        print(f"  {key:<48} {value:.6f}")
+    print(f"\n{'variant':<12}{'case':<14}{'status':<8}{'wall s':>8}{'GPU max MB':>12}{'GPU AUC MB*s':>14}{'RSS max MB':>12}")
+    for variant, rows in results["cost"].items():
+        for r in rows:
+            print(f"{variant:<12}{r['case']:<14}{r['status']:<8}{r['wall_s']:>8.2f}{r['gpu_max_mb'] or 0:>12.0f}"
+                  f"{r['gpu_auc_mb_s'] or 0:>14.0f}{r['rss_max_mb']:>12.0f}")
+    for variant, rows in results["cost"].items():
+        for r in rows:
+            print(f"  {variant} {r['case']} steps: {r.get('seconds')}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_check"))
+    parser.add_argument("--cases", type=int, default=2)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: a dry run of the cost part (no correctness checks), to test this script")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: the GPU check needs one (--device cpu for a dry run)", file=sys.stderr)
+        return 3
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
+    skip = args.skip_correctness or args.device == "cpu"
+    results["correctness"] = {} if skip else correctness(args.work)
+    results["cost"] = cost(args.work, clinical_cases(args.work / "cases", args.cases, args.slices), args.device)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (args.work / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
