@@ -33,33 +33,48 @@ def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int) -> tuple[
     return int(touching[0]), int(touching[-1]) + 1
 
 
+def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int, in_start: int, in_stop: int,
+                 dtype=np.float32) -> np.ndarray:
+    """Dense (out_stop - out_start, in_stop - in_start) matrix resizing one axis from in_size to
+    out_size (area down, linear up with align_corners=False), restricted to an output window and
+    the input window it reads. Rows hold torch's own weights, so results equal F.interpolate's.
+    """
+    rows = np.arange(out_stop - out_start)
+    matrix = np.zeros((out_stop - out_start, in_stop - in_start), dtype=dtype)
+    if out_size > in_size:
+        lo, hi, frac = (a[out_start:out_stop] for a in linear_source_weights(in_size, out_size, dtype))
+        np.add.at(matrix, (rows, lo - in_start), 1 - frac)
+        np.add.at(matrix, (rows, hi - in_start), frac)  # add: lo == hi at the clamped border
+    else:
+        lo, hi = (b[out_start:out_stop] for b in area_bins(in_size, out_size))
+        for row, (a, b) in enumerate(zip(lo - in_start, hi - in_start)):
+            matrix[row, a:b] = 1.0 / (b - a)
+    return matrix
+
+
 def resample_axis(x: torch.Tensor, dim: int, in_size: int, out_size: int, out_start: int, out_stop: int,
                   in_offset: int = 0) -> torch.Tensor:
     """Outputs out_start..out_stop-1 of resizing axis `dim` from in_size to out_size (area down,
     linear up, align_corners=False), when `x` holds input indices from `in_offset` on.
 
     Resampling is separable, so applying this per axis equals torch's 3D call; computing only an
-    output window with global weights is what lets us crop and chunk exactly.
+    output window with global weights is what lets us crop and chunk exactly. Each pass is one
+    matrix product (BLAS), several times faster than gathering and blending index pairs.
     """
     if out_size == in_size:
         return x.narrow(dim, out_start - in_offset, out_stop - out_start)
-    shape = [1] * x.dim()
-    shape[dim] = out_stop - out_start
-    if out_size > in_size:
-        weight_dtype = np.float64 if x.dtype == torch.float64 else np.float32  # torch's own precision
-        lo, hi, frac = (a[out_start:out_stop] for a in linear_source_weights(in_size, out_size, weight_dtype))
-        lo_t = torch.as_tensor(lo - in_offset, device=x.device)
-        hi_t = torch.as_tensor(hi - in_offset, device=x.device)
-        weight = torch.as_tensor(frac, device=x.device, dtype=x.dtype).reshape(shape)
-        low = x.index_select(dim, lo_t)
-        return low + (x.index_select(dim, hi_t) - low) * weight
-    lo, hi = (b[out_start:out_stop] for b in area_bins(in_size, out_size))
-    cumulative = torch.cumsum(x, dim=dim, dtype=torch.float64 if x.device.type == "cpu" else torch.float32)
-    cumulative = torch.cat([torch.zeros_like(cumulative.narrow(dim, 0, 1)), cumulative], dim=dim)
-    sums = (cumulative.index_select(dim, torch.as_tensor(hi - in_offset, device=x.device))
-            - cumulative.index_select(dim, torch.as_tensor(lo - in_offset, device=x.device)))
-    counts = torch.as_tensor(hi - lo, device=x.device, dtype=sums.dtype).reshape(shape)
-    return (sums / counts).to(x.dtype)
+    dtype = np.float64 if x.dtype == torch.float64 else np.float32  # torch's own weight precision
+    matrix = torch.from_numpy(axis_weights(in_size, out_size, out_start, out_stop, in_offset,
+                                           in_offset + x.shape[dim], dtype)).to(x.device, x.dtype)
+    if dim == x.dim() - 1:
+        return torch.matmul(x, matrix.T)
+    moved = x.movedim(dim, -2)  # matmul contracts the second-to-last axis of its right operand
+    return torch.matmul(matrix, moved).movedim(-2, dim)
+
+
+def argmax_channels(scores: torch.Tensor) -> torch.Tensor:
+    """uint8 argmax over the class axis (first index wins ties)."""
+    return scores.argmax(0).to(torch.uint8)
 
 
 def _foreground_box(labels: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
@@ -80,7 +95,7 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape) -> tuple[np.n
     Returns the labels inside the foreground window and the window's slices in the output grid.
     """
     in_shape = tuple(logits.shape[1:])
-    box = _foreground_box(logits.argmax(0))
+    box = _foreground_box(argmax_channels(logits))
     if box is None:
         return np.zeros((0, 0, 0), np.uint8), None
     window = [output_span(i, o, lo, hi) for i, o, (lo, hi) in zip(in_shape, out_shape, box)]
@@ -98,12 +113,12 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape) -> tuple[np.n
         part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0)
         part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0)
         part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0)
-        labels[start - z0:stop - z0] = part.argmax(0).to(torch.uint8).cpu().numpy()
+        labels[start - z0:stop - z0] = argmax_channels(part).cpu().numpy()
     return labels, tuple(slice(a, b) for a, b in window)
 
 
 def logits_to_labels_nearest(logits: torch.Tensor, out_shape) -> np.ndarray:
-    low = logits.argmax(0).to(torch.uint8)
+    low = argmax_channels(logits)
     if tuple(low.shape) == tuple(out_shape):
         return low.cpu().numpy()
     return resample_torch(low, tuple(out_shape), mode="nearest").cpu().numpy()
