@@ -35,8 +35,9 @@ def _architecture_classes() -> dict[str, type]:
     }
 
 
-# The only strings a plans file may use for `_kw_requires_import` entries.
-BUILDING_BLOCKS: dict[str, type | None] = {
+# The only strings a plans file may use for `_kw_requires_import` entries. nnU-Net writes either the
+# defining module path (torch.nn.modules.conv.Conv3d) or the public alias (torch.nn.LeakyReLU).
+_BLOCKS: dict[str, type | None] = {
     "torch.nn.modules.conv.Conv2d": nn.Conv2d,
     "torch.nn.modules.conv.Conv3d": nn.Conv3d,
     "torch.nn.modules.instancenorm.InstanceNorm2d": nn.InstanceNorm2d,
@@ -48,6 +49,7 @@ BUILDING_BLOCKS: dict[str, type | None] = {
     "torch.nn.modules.dropout.Dropout2d": nn.Dropout2d,
     "torch.nn.modules.dropout.Dropout3d": nn.Dropout3d,
 }
+BUILDING_BLOCKS = {**_BLOCKS, **{f"torch.nn.{block.__name__}": block for block in _BLOCKS.values()}}
 
 SUPPORTED_NORMALIZATIONS = ("CTNormalization", "ZScoreNormalization", "NoNormalization")
 

@@ -28,7 +28,7 @@ def architecture(features=(4, 8, 16), strides=((1, 1, 1), (2, 2, 2), (2, 2, 2)),
             "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1),
             "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
             "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.modules.activation.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
         },
         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
     }
