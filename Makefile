@@ -28,3 +28,8 @@ benchmark: venv
 
 clean:
 	rm -rf out .pytest_cache
+
+# Build the container and run it like the organisers on synthetic cases (needs root; not part of `make test`).
+.PHONY: docker-test
+docker-test: venv
+	bash docker/test_image.sh

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preview", action="store_true", help="write <ID>_preview.png (axial/coronal/sagittal overlays)")
     parser.add_argument("--demo", type=Path, metavar="DIR",
                         help="write a synthetic CT to DIR/inputs and segment it into DIR/outputs")
+    parser.add_argument("--keep-orientation", action="store_true",
+                        help="run the models on the arrays as stored (default: permute/flip each scan's axes to "
+                             "the canonical layout, direction diag(-1,-1,1), and back; exact, no resampling)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -151,7 +154,7 @@ def run(args) -> int:
     on_case_done = _case_extras(args) if (args.volumes or args.preview) else None
     progress = _progress_bar(len(cases), disable=args.no_progress)
     reports = run_cases(cases, args.output, segmenter, on_case_done=on_case_done, progress=progress,
-                        first_read=first_read)
+                        first_read=first_read, canonical_orientation=not args.keep_orientation)
     if progress is not None:
         progress.close()
     failed = [r for r in reports if r.status != "ok"]
@@ -202,7 +205,8 @@ def _write_report(args, options, reports, seconds: float) -> None:
         "input": str(args.input), "output": str(args.output),
         "model": str(args.model or "weights"),
         "options": {"device": str(options.device), "step_size": options.step_size,
-                    "precision": options.precision, "export": options.export},
+                    "precision": options.precision, "export": options.export,
+                    "canonical_orientation": not args.keep_orientation},
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
                     "failed": sum(r.status != "ok" for r in reports), "seconds": round(seconds, 2),
                     "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu_mb()},

@@ -6,8 +6,12 @@ temporary file in the destination folder, then `os.replace`, so a reader never s
 """
 from __future__ import annotations
 
+import gzip
 import logging
+import math
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,8 @@ sitk.ProcessObject_SetGlobalWarningDisplay(False)
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 CHANNEL_SUFFIX = "_0000"  # FLARE / nnU-Net naming: <ID>_0000.nii.gz is channel 0 of case <ID>
 PARTIAL_MARKER = ".partial-"  # temporary outputs: .<name>.partial-<pid>.nii.gz
+# CT stored without its rescale intercept (uint16 0..4095 with air near 24): HU = stored - 1024.
+UNSHIFTED_CT_OFFSET = -1024.0
 
 
 class InputError(Exception):
@@ -94,6 +100,7 @@ def read_image(path) -> tuple[np.ndarray, Geometry]:
     dimension = image.GetDimension()
     if dimension != 3:
         raise InputError(path, f"{dimension}D image of size {image.GetSize()}, expected a 3D CT")
+    _check_nifti_header(path)
     try:
         geometry = geometry_of(image)
     except GeometryError as error:
@@ -105,6 +112,98 @@ def read_image(path) -> tuple[np.ndarray, Geometry]:
         bad = int(np.size(array) - np.isfinite(array).sum())
         raise InputError(path, f"{bad} non-finite (NaN/Inf) voxels")
     return array, geometry
+
+
+def read_ct(path) -> tuple[np.ndarray, Geometry]:
+    """`read_image` for a CT scan: values in HU, including CT stored without its rescale.
+
+    Rule: a CT in HU always holds air (about -1000 HU outside the body, in the lungs and bowel)
+    or at least fat (about -100 HU), so a scan with no voxel below 0 cannot be in HU. It is taken
+    as stored without the rescale intercept (the common uint16 0..4095 export) and shifted by
+    -1024 HU, with a warning naming the file. Scanner padding (-32768, -3024) is negative, so it
+    never triggers the shift; it is clamped later by `preprocessing.sanitize_hu`.
+    """
+    array, geometry = read_image(path)
+    if array.size and float(array.min()) >= 0:
+        log.warning("%s: no voxel below 0 (range %g..%g), so the values are not HU (air is -1000): taken as CT "
+                    "stored without its rescale intercept and shifted by %g", path, float(array.min()),
+                    float(array.max()), UNSHIFTED_CT_OFFSET)
+        array += np.float32(UNSHIFTED_CT_OFFSET)
+    return array, geometry
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Reject NIfTI files that ITK reads without complaint although they cannot be right.
+
+    - voxel size (pixdim[1..3]) zero, negative or NaN: readers disagree and none fails (nifti1_io
+      inside ITK silently replaces a zero or NaN pixdim by 1 mm before SimpleITK sees it, and ITK
+      turns a negative one into a mirrored axis, a left-right swap for x);
+    - truncated voxel data (an interrupted copy or download): ITK fills the missing voxels and
+      reports success. Uncompressed files are checked by size; gzip files by the uncompressed
+      size in their trailer, and only if that disagrees (multi-member gzip) by decompressing.
+    """
+    if image_suffix(path.name) not in (".nii", ".nii.gz"):
+        return
+    header = _nifti_header(path)
+    if header is None:
+        return
+    pixdim, expected = header
+    if not all(math.isfinite(v) and v > 0 for v in pixdim):
+        raise InputError(path, f"NIfTI header voxel size pixdim[1..3] = {tuple(pixdim)}, expected finite positive mm")
+    if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            trailer_size = struct.unpack("<I", handle.read(4))[0]
+        if trailer_size == expected % 2**32:
+            return
+        actual = _gzip_content_size(path)
+        if actual is None:
+            raise InputError(path, f"truncated: the compressed data ends before the {expected} bytes its header describes")
+    else:
+        actual = path.stat().st_size
+    if actual < expected:
+        raise InputError(path, f"truncated: {actual} bytes where the header describes {expected}")
+
+
+def _nifti_header(path: Path) -> tuple[tuple[float, float, float], int] | None:
+    """(pixdim[1..3], header + voxel bytes) from a NIfTI-1 or NIfTI-2 header, None if unparsable."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for order in "<>":
+        size = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
+        if size == 348 and len(header) >= 348:  # NIfTI-1
+            dim = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            pixdim = struct.unpack(order + "8f", header[76:108])[1:4]
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif size == 540 and len(header) >= 540:  # NIfTI-2
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dim = struct.unpack(order + "8q", header[16:80])
+            pixdim = struct.unpack(order + "8d", header[104:168])[1:4]
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dim[0] <= 7 or bitpix <= 0 or not math.isfinite(offset):
+            return None
+        voxels = math.prod(max(int(d), 1) for d in dim[1:dim[0] + 1])
+        return pixdim, int(max(offset, size)) + voxels * bitpix // 8
+    return None
+
+
+def _gzip_content_size(path: Path, chunk: int = 2**24) -> int | None:
+    """Uncompressed size of a (possibly multi-member) gzip file; None if its stream ends early or is corrupt."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                total += len(block)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return total
 
 
 def _read_sitk(path: Path) -> sitk.Image:

@@ -17,7 +17,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from inference.geometry import Geometry
-from inference.io import Case, InputError, read_image, write_labels
+from inference.io import Case, InputError, read_ct, write_labels
+from inference.orientation import canonicalize, closest_axis_map
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class CaseReport:
     peak_rss_mb: float | None = None
     peak_gpu_mb: float | None = None
     labels_present: list[int] | None = None
+    orientation: dict | None = None  # axes permuted/flipped to the canonical layout, when any were
     volumes: dict | None = None  # organ and tumor volumes, when asked for
 
     def as_dict(self) -> dict:
@@ -59,8 +61,15 @@ def peak_gpu_mb() -> float | None:
 
 def read_case(case: Case):
     start = time.perf_counter()
-    volume, geometry = read_image(case.path)
+    volume, geometry = read_ct(case.path)
     return volume, geometry, time.perf_counter() - start
+
+
+def segment_canonical(segmenter: Segmenter, volume: np.ndarray, geometry: Geometry,
+                      timings: dict[str, float]) -> np.ndarray:
+    """Segment in the canonical array layout (inference.orientation), labels back in `volume`'s layout."""
+    view, canonical, restore = canonicalize(volume, geometry)
+    return restore(segmenter.segment(view, canonical, timings))
 
 
 def _describe(error: BaseException) -> str:
@@ -71,8 +80,12 @@ def _describe(error: BaseException) -> str:
 
 def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
               on_case_done: Callable[[CaseReport, np.ndarray | None, np.ndarray | None, Geometry | None], None] | None = None,
-              progress=None, first_read: Future | None = None) -> list[CaseReport]:
+              progress=None, first_read: Future | None = None,
+              canonical_orientation: bool = True) -> list[CaseReport]:
     """Segment every case into output_dir/<ID>.nii.gz; returns one report per case, in order.
+
+    With `canonical_orientation` (the default) the segmenter sees every scan in the canonical
+    array layout (inference.orientation) and the labels are written back in the scan's own layout.
 
     `on_case_done(report, volume, labels, geometry)` runs after a case is segmented (volume
     reports, previews); its failures fail that case only. `first_read` is the first case's read,
@@ -93,7 +106,12 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
                 volume, geometry, read_seconds = current.result()
                 report.seconds["read"] = read_seconds
                 report.shape_zyx, report.spacing_zyx = list(geometry.shape), list(geometry.spacing)
-                labels = segmenter.segment(volume, geometry, report.seconds)
+                if canonical_orientation:
+                    axis_map = closest_axis_map(geometry.direction)
+                    report.orientation = None if axis_map.is_identity else axis_map.as_dict()
+                    labels = segment_canonical(segmenter, volume, geometry, report.seconds)
+                else:
+                    labels = segmenter.segment(volume, geometry, report.seconds)
                 if labels.shape != geometry.shape or labels.dtype != np.uint8:
                     raise RuntimeError(f"segmenter returned {labels.dtype} {labels.shape}, expected uint8 {geometry.shape}")
                 report.labels_present = [int(v) for v in np.unique(labels) if v]

@@ -50,6 +50,7 @@ def sanitize_hu(volume: np.ndarray) -> np.ndarray:
     Applied before nnU-Net's normalisation, which clips to the training foreground's
     0.5-99.5 percentiles anyway: for real CT this changes nothing the network sees.
     """
+    volume = np.asarray(volume, dtype=np.float32)  # integer scans too; no copy for float32
     return np.clip(volume, HU_FLOOR, HU_CEILING, out=np.empty_like(volume))
 
 
