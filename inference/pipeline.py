@@ -43,6 +43,7 @@ class CaseReport:
     labels_present: list[int] | None = None
     orientation: dict | None = None  # axes permuted/flipped to the canonical layout, when any were
     volumes: dict | None = None  # organ and tumor volumes, when asked for
+    details: dict | None = None  # what the segmenter decided (cascade: aorta crop, contrast, tumor filters)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +116,7 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
                 if labels.shape != geometry.shape or labels.dtype != np.uint8:
                     raise RuntimeError(f"segmenter returned {labels.dtype} {labels.shape}, expected uint8 {geometry.shape}")
                 report.labels_present = [int(v) for v in np.unique(labels) if v]
+                report.details = dict(getattr(segmenter, "last_case_info", None) or {}) or None
                 if on_case_done is not None:
                     on_case_done(report, volume, labels, geometry)
                 del volume

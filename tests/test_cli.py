@@ -108,3 +108,16 @@ def test_stale_partials_are_cleaned_and_rerun_completes(tmp_path, model):
     (outputs / ".A.partial-999.nii.gz").write_bytes(b"half a file")
     assert run("-i", inputs, "-o", outputs, "--model", model, "--report", "-") == EXIT_OK
     assert os.listdir(outputs) == ["A.nii.gz"]
+
+
+def test_cascade_folder_runs_and_reports_its_decisions(tmp_path):
+    from training.manifest import write_manifest
+    root = tmp_path / "weights"
+    make_model_folder(root / "organ", bias_class=0)
+    make_model_folder(root / "tumor_liver", labels={"background": 0, "tumor": 1}, bias_class=0)
+    write_manifest(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}])
+    write_case(tmp_path, "A_0000.nii.gz")
+    assert run("-i", tmp_path / "A_0000.nii.gz", "-o", tmp_path / "out", "--model", root) == EXIT_OK
+    case = json.loads((tmp_path / "out" / "run_report.json").read_text())["cases"][0]
+    assert {"aorta_found", "contrast_enhanced", "tumor_stages_run", "tumor_stages_skipped"} <= set(case["details"])
+    assert "organ_network" in case["seconds"] and "merge" in case["seconds"]
