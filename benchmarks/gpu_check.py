@@ -28,7 +28,6 @@ log = logging.getLogger("gpu_check")
 REPO = Path(__file__).resolve().parent.parent
 ORGAN_PATCH, ORGAN_SPACING = (96, 160, 160), (2.5, 1.6, 1.6)
 TUMOR_PATCH, TUMOR_SPACING = (56, 112, 176), (2.5, 0.8, 0.8)
-TUMOR_ORGANS = {1: "liver", 2: "right_kidney", 4: "pancreas", 13: "left_kidney"}
 
 
 def correctness(work: Path) -> dict:
@@ -59,17 +58,13 @@ def correctness(work: Path) -> dict:
 def write_paper_cascade(root: Path) -> Path:
     """Random-weight networks of the paper's size, as nnU-Net model folders + cascade.json."""
     from training.manifest import write_manifest
-    from training.model_folders import make_model_folder, paper_architecture
+    from training.model_folders import add_random_tumor_stages, make_model_folder, paper_architecture
     if (root / "cascade.json").is_file():
         return root
     make_model_folder(root / "organ", patch=ORGAN_PATCH, spacing=ORGAN_SPACING,
                       arch=paper_architecture(ORGAN_PATCH, ORGAN_SPACING), bias_class=0)
     tumor_arch = paper_architecture(TUMOR_PATCH, TUMOR_SPACING, features=(32, 64, 128, 256, 320))
-    stages = []
-    for organ, name in TUMOR_ORGANS.items():
-        make_model_folder(root / f"tumor_{name}", labels={"background": 0, "tumor": 1}, patch=TUMOR_PATCH,
-                          spacing=TUMOR_SPACING, arch=tumor_arch, seed=organ, bias_class=0)
-        stages.append({"organ": organ, "folder": f"tumor_{name}", "needs_contrast": organ in (2, 13)})
+    stages = add_random_tumor_stages(root, patch=TUMOR_PATCH, spacing=TUMOR_SPACING, arch=tumor_arch)
     write_manifest(root, organ_folder="organ", tumor_stages=stages,
                    provenance={"description": "random weights of the paper's network sizes, for timing only"})
     return root

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from evaluation.metrics import ORGAN_LABELS, TUMOR_LABEL, LabelScore
 from inference.report import LABEL_NAMES
+from inference.io import write_text_atomic
 
 METRICS_COLUMNS = ("case", "label", "dsc", "nsd")
 
@@ -27,7 +27,7 @@ def write_metrics_csv(path, scores: Mapping[str, Sequence[LabelScore]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(metrics_rows(scores))
-    _write_atomic(Path(path), buffer.getvalue())
+    write_text_atomic(Path(path), buffer.getvalue())
 
 
 def summarize(scores: Mapping[str, Sequence[LabelScore]]) -> dict:
@@ -66,18 +66,8 @@ def summarize(scores: Mapping[str, Sequence[LabelScore]]) -> dict:
 
 
 def write_summary_json(path, summary: dict) -> None:
-    _write_atomic(Path(path), json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(Path(path), json.dumps(summary, indent=2) + "\n")
 
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

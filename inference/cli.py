@@ -91,10 +91,9 @@ def write_demo_input(folder: Path) -> Path:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
+    from inference.io import write_text_atomic
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def main(argv=None) -> int:

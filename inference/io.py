@@ -266,6 +266,18 @@ def write_image_atomic(image: sitk.Image, path, compress: bool = True) -> None:
         raise
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Write a text file (JSON, CSV) through a temporary in the same folder, then rename."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}{PARTIAL_MARKER}{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def write_labels(path, labels: np.ndarray, geometry: Geometry) -> None:
     """Write a uint8 label map with exactly `geometry` (shape, spacing, origin, direction)."""
     if labels.dtype != np.uint8:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import cc3d
@@ -16,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.geometry import Geometry
+from inference.io import write_text_atomic
 
 LABEL_NAMES: dict[int, str] = {
     1: "liver",
@@ -124,7 +124,7 @@ def _tumor_lesions(labels: np.ndarray, voxel_ml: float) -> list[dict]:
 
 def write_volume_report_json(path, report: dict) -> None:
     """One case's report as indented JSON (written to a temporary file, then renamed)."""
-    _write_atomic(Path(path), json.dumps(report, indent=2) + "\n")
+    write_text_atomic(Path(path), json.dumps(report, indent=2) + "\n")
 
 
 REPORT_CSV_COLUMNS = ("case", "kind", "name", "volume_ml", "components")
@@ -149,14 +149,4 @@ def write_volume_reports_csv(path, reports: dict[str, dict]) -> None:
     writer.writerow(REPORT_CSV_COLUMNS)
     for case_id, kind, name, volume, components in rows:
         writer.writerow((case_id, kind, name, f"{volume:.4f}", components))
-    _write_atomic(Path(path), buffer.getvalue())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_text_atomic(Path(path), buffer.getvalue())

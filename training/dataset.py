@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
-from inference.io import write_labels
+from inference.io import write_labels, write_text_atomic
 from inference.phantom import TUMOR_LABEL, make_phantom, write_phantom
 
 log = logging.getLogger(__name__)
@@ -139,10 +138,7 @@ def build_flare_dataset(out_dir, *, n_labeled: int, n_partial: int, n_tumor_only
         "max_voxels": int(max_voxels),
         "cases": cases,
     }
-    path = out_dir / MANIFEST_NAME
-    temporary = path.with_name(f".{MANIFEST_NAME}.partial-{os.getpid()}")
-    temporary.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

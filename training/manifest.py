@@ -6,10 +6,10 @@ produces it, so the inference runtime never depends on training code.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
+from inference.io import write_text_atomic
 from inference.manifest import MANIFEST_FORMAT, MANIFEST_NAME, file_digests, load_manifest
 
 
@@ -41,8 +41,6 @@ def write_manifest(root, *, organ_folder: str, tumor_stages: list[dict] | None =
         "files": file_digests(root, folders),
     }
     path = root / MANIFEST_NAME
-    temporary = path.with_name(f".{MANIFEST_NAME}.partial-{os.getpid()}")
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
     load_manifest(root)  # what we wrote must verify
     return path

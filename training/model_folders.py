@@ -94,3 +94,17 @@ def make_model_folder(folder: Path, *, labels=None, patch=(16, 32, 32), spacing=
                     "init_args": {"configuration": configuration}, "inference_allowed_mirroring_axes": (0, 1, 2)},
                    folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder
+
+
+TUMOR_HOSTS = {1: "liver", 2: "right_kidney", 4: "pancreas", 13: "left_kidney"}
+
+
+def add_random_tumor_stages(root: Path, *, patch, spacing, arch: dict) -> list[dict]:
+    """One random-weight tumor model folder per host organ under `root` (for timing and memory
+    measurements, where the weight values do not matter); returns the manifest's tumor stages."""
+    stages = []
+    for organ, name in TUMOR_HOSTS.items():
+        make_model_folder(root / f"tumor_{name}", labels={"background": 0, "tumor": 1}, patch=patch,
+                          spacing=spacing, arch=arch, seed=organ, bias_class=0)
+        stages.append({"organ": organ, "folder": f"tumor_{name}", "needs_contrast": organ in (2, 13)})
+    return stages
