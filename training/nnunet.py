@@ -1,0 +1,478 @@
+"""Drive real nnU-Net v2 (fingerprint, planning, preprocessing, training) and export its models.
+
+nnU-Net is not re-implemented here. Every nnU-Net step runs in a SUBPROCESS with an explicit
+environment (`NnUNetPaths.env()`): nnunetv2 reads nnUNet_raw / nnUNet_preprocessed /
+nnUNet_results when it is imported, so the caller's `os.environ` is never touched and this module
+never imports nnunetv2 itself.
+
+What this module adds on top of nnU-Net:
+- a raw dataset writer (`write_raw_dataset`),
+- custom plans derived from nnU-Net's own `nnUNetPlans.json` with a chosen spacing, patch, batch and
+  a (small) network whose strides and kernels are consistent with that patch (`derive_plans`,
+  `unet_topology`, the same rules as nnU-Net's `get_pool_and_conv_props`),
+- training through `training/nnunet_train.py` with epochs/iterations/lr as parameters,
+- export of a trained fold as an nnU-Net v2 model folder whose checkpoint is stripped to what
+  inference needs and loads with `torch.load(weights_only=True)` (`export_model_folder`).
+
+Axis order: spacing and patch sizes are in the plans' (transposed) axis order, which for CT with
+thick slices is (z, y, x), the order of our arrays.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAINER_NAME = "nnUNetTrainer"
+MIN_FEATURE_MAP_SIZE = 4  # nnU-Net's UNet_featuremap_min_edge_length: a stride-2 axis needs >= 8 voxels
+ANISOTROPY_RATIO = 2.0  # nnU-Net: axes within a factor 2 of the finest spacing are pooled / get 3-wide kernels
+FILE_ENDING = ".nii.gz"
+STRIPPED_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes")
+
+
+class NnUNetError(RuntimeError):
+    """An nnU-Net subprocess failed; the message names the step and ends with its last output lines."""
+
+
+@dataclass(frozen=True)
+class NnUNetPaths:
+    """The three nnU-Net folders under one root, and the environment that points nnU-Net at them."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "nnUNet_raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "nnUNet_preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "nnUNet_results"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def env(self, *, threads: int = 2, n_proc_da: int = 0, num_processes: int = 2) -> dict[str, str]:
+        """A full environment for an nnU-Net subprocess (a copy of os.environ plus nnU-Net's settings).
+
+        threads: OpenMP/MKL/torch intra-op threads; n_proc_da: data augmentation worker processes
+        (0 = in the main process, measured slightly faster on 2 cores); num_processes: nnU-Net's
+        default pool size (validation export, evaluation).
+        """
+        env = dict(os.environ)
+        env.update({
+            "nnUNet_raw": str(self.raw),
+            "nnUNet_preprocessed": str(self.preprocessed),
+            "nnUNet_results": str(self.results),
+            "nnUNet_n_proc_DA": str(int(n_proc_da)),
+            "nnUNet_def_n_proc": str(int(num_processes)),
+            "nnUNet_compile": "false",
+            "OMP_NUM_THREADS": str(int(threads)),
+            "MKL_NUM_THREADS": str(int(threads)),
+            "TORCH_NUM_THREADS": str(int(threads)),  # read by training/nnunet_train.py
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])),
+        })
+        return env
+
+
+def dataset_name(dataset_id: int, name: str) -> str:
+    if not 1 <= int(dataset_id) <= 999:
+        raise ValueError(f"dataset_id must be 1..999 (nnU-Net uses three digits), got {dataset_id}")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"dataset name must be letters, digits, '_' or '-', got {name!r}")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def find_dataset_folder(base: Path, dataset_id: int) -> Path:
+    """The unique `DatasetXXX_*` folder for `dataset_id` under `base`."""
+    matches = sorted(Path(base).glob(f"Dataset{int(dataset_id):03d}_*"))
+    if len(matches) != 1:
+        raise FileNotFoundError(f"{base}: expected one Dataset{int(dataset_id):03d}_* folder, found {len(matches)}")
+    return matches[0]
+
+
+# --------------------------------------------------------------------------------------------
+# raw dataset
+
+
+def write_raw_dataset(paths: NnUNetPaths, dataset_id: int, name: str,
+                      cases: Sequence[tuple[str, Path, Path]], labels: dict[str, int]) -> Path:
+    """Write an nnU-Net raw dataset (one CT channel) and return its folder.
+
+    cases: (case_id, image_path, label_path); files are hard-linked when possible, else copied.
+    labels: nnU-Net's name -> value mapping, must contain "background": 0 and consecutive values.
+    """
+    if not cases:
+        raise ValueError("no cases given")
+    values = sorted(labels.values())
+    if labels.get("background") != 0 or values != list(range(len(values))):
+        raise ValueError(f"labels must map 'background' to 0 and use consecutive values 0..n, got {labels}")
+    ids = [case_id for case_id, _, _ in cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError("case ids must be unique")
+    folder = paths.raw / dataset_name(dataset_id, name)
+    clashing = [p for p in paths.raw.glob(f"Dataset{int(dataset_id):03d}_*") if p != folder]
+    if clashing:
+        raise FileExistsError(f"{clashing[0]}: another dataset already uses id {dataset_id}")
+    images, label_folder = folder / "imagesTr", folder / "labelsTr"
+    for sub in (images, label_folder):  # cases of an earlier call must not linger
+        shutil.rmtree(sub, ignore_errors=True)
+        sub.mkdir(parents=True)
+    for case_id, image_path, label_path in cases:
+        _link_or_copy(Path(image_path), images / f"{case_id}_0000{FILE_ENDING}")
+        _link_or_copy(Path(label_path), label_folder / f"{case_id}{FILE_ENDING}")
+    dataset_json = {
+        "channel_names": {"0": "CT"},
+        "labels": dict(sorted(labels.items(), key=lambda item: item[1])),
+        "numTraining": len(cases),
+        "file_ending": FILE_ENDING,
+        "name": name,
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    if not source.name.endswith(FILE_ENDING):
+        raise ValueError(f"{source}: nnU-Net raw files must be {FILE_ENDING}")
+    destination.unlink(missing_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:  # other file system, or links not allowed
+        shutil.copyfile(source, destination)
+
+
+# --------------------------------------------------------------------------------------------
+# plans
+
+
+def unet_topology(patch_size: Sequence[int], spacing: Sequence[float], n_stages: int,
+                  min_feature_map_size: int = MIN_FEATURE_MAP_SIZE
+                  ) -> tuple[list[list[int]], list[list[int]]]:
+    """(kernel_sizes, strides) of an `n_stages` U-Net encoder, by nnU-Net's rules.
+
+    Following nnU-Net's `get_pool_and_conv_props`: at each stage an axis is downsampled (stride 2)
+    if its feature map is at least 2 * min_feature_map_size and its current spacing is within a
+    factor 2 of the finest spacing among such axes (a single such axis needs 3 * min size);
+    kernels are 3 along axes within a factor 2 of the finest current spacing, else 1 (e.g.
+    1x3x3 on thick slices), and once 3 they stay 3; the bottleneck kernel is all 3.
+    Raises ValueError if the patch cannot take `n_stages` stages or is not divisible by the
+    total stride of an axis.
+    """
+    dim = len(patch_size)
+    if len(spacing) != dim or n_stages < 1:
+        raise ValueError(f"patch {tuple(patch_size)} and spacing {tuple(spacing)} must have equal length, n_stages >= 1")
+    size = [int(s) for s in patch_size]
+    current_spacing = [float(s) for s in spacing]
+    kernel = [1] * dim
+    kernels: list[list[int]] = []
+    strides: list[list[int]] = [[1] * dim]
+    for stage in range(n_stages - 1):
+        finest = min(current_spacing)
+        kernel = [3 if k == 3 or current_spacing[d] / finest < ANISOTROPY_RATIO else 1 for d, k in enumerate(kernel)]
+        kernels.append(list(kernel))
+        poolable = [d for d in range(dim) if size[d] >= 2 * min_feature_map_size]
+        if poolable:
+            finest_poolable = min(current_spacing[d] for d in poolable)
+            poolable = [d for d in poolable if current_spacing[d] / finest_poolable < ANISOTROPY_RATIO]
+        if len(poolable) == 1 and size[poolable[0]] < 3 * min_feature_map_size:
+            poolable = []
+        if not poolable:
+            raise ValueError(f"patch {tuple(patch_size)} at spacing {tuple(spacing)} allows only {stage + 1} "
+                             f"stages (feature maps {size} at stage {stage}), {n_stages} requested")
+        for d in poolable:
+            if size[d] % 2:
+                raise ValueError(f"patch {tuple(patch_size)}: axis {d} is {size[d]} voxels at stage {stage}, "
+                                 f"not divisible by 2; choose a patch divisible by the total stride")
+            size[d] //= 2
+            current_spacing[d] *= 2
+        strides.append([2 if d in poolable else 1 for d in range(dim)])
+    kernels.append([3] * dim)
+    return kernels, strides
+
+
+def derive_plans(plans: dict, *, plans_name: str, configuration: str = "3d_fullres",
+                 spacing: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
+                 batch_size: int | None = None, features_per_stage: Sequence[int] | None = None,
+                 n_stages: int | None = None, n_conv_per_stage: int = 2,
+                 n_conv_per_stage_decoder: int = 2) -> dict:
+    """Custom plans holding only `configuration`, copied from nnU-Net's plans with overrides.
+
+    Every key nnU-Net wrote is kept (normalisation, resampling functions, intensity properties,
+    transposes, architecture class and its imports); only spacing, patch, batch and the encoder
+    layout change. The network is re-derived when patch, features or stages are given, so that its
+    strides fit the patch (see `unet_topology`). The data identifier is `<plans_name>_<configuration>`
+    so that preprocessed data of different plans never mix.
+    """
+    if configuration not in plans["configurations"]:
+        raise ValueError(f"configuration {configuration!r} not in plans; available: {sorted(plans['configurations'])}")
+    config = _resolved_configuration(plans, configuration)
+    for key in ("inherits_from", "previous_stage", "next_stage"):
+        config.pop(key, None)
+    if spacing is not None:
+        old = config["spacing"]
+        config["spacing"] = [float(s) for s in spacing]
+        config["median_image_size_in_voxels"] = [
+            round(n * o / s, 1) for n, o, s in zip(config["median_image_size_in_voxels"], old, config["spacing"])]
+    if patch_size is not None:
+        config["patch_size"] = [int(p) for p in patch_size]
+    if batch_size is not None:
+        config["batch_size"] = int(batch_size)
+    arch = config["architecture"]["arch_kwargs"]
+    if patch_size is not None or features_per_stage is not None or n_stages is not None or spacing is not None:
+        if features_per_stage is not None and n_stages is not None and len(features_per_stage) != n_stages:
+            raise ValueError(f"features_per_stage has {len(features_per_stage)} entries, n_stages is {n_stages}")
+        stages = n_stages or (len(features_per_stage) if features_per_stage is not None else arch["n_stages"])
+        features = list(features_per_stage) if features_per_stage is not None else [
+            min(32 * 2 ** i, 320) for i in range(stages)]
+        kernels, strides = unet_topology(config["patch_size"], config["spacing"], stages)
+        arch.update({
+            "n_stages": stages,
+            "features_per_stage": [int(f) for f in features],
+            "kernel_sizes": kernels,
+            "strides": strides,
+            "n_conv_per_stage": [int(n_conv_per_stage)] * stages,
+            "n_conv_per_stage_decoder": [int(n_conv_per_stage_decoder)] * (stages - 1),
+        })
+    config["data_identifier"] = f"{plans_name}_{configuration}"
+    derived = copy.deepcopy({k: v for k, v in plans.items() if k != "configurations"})
+    derived["plans_name"] = plans_name
+    derived["configurations"] = {configuration: config}
+    return derived
+
+
+def _resolved_configuration(plans: dict, configuration: str) -> dict:
+    """A configuration with nnU-Net's `inherits_from` chain merged in (child keys win)."""
+    config = copy.deepcopy(plans["configurations"][configuration])
+    parent = config.get("inherits_from")
+    if parent is not None:
+        base = _resolved_configuration(plans, parent)
+        base.update(config)
+        config = base
+    return config
+
+
+def plan_and_preprocess(paths: NnUNetPaths, dataset_id: int, *, plans_name: str,
+                        configuration: str = "3d_fullres", spacing: Sequence[float] | None = None,
+                        patch_size: Sequence[int] | None = None, batch_size: int | None = None,
+                        features_per_stage: Sequence[int] | None = None, n_stages: int | None = None,
+                        num_processes: int = 2) -> Path:
+    """Fingerprint, nnU-Net's planning, our derived plans `plans_name`, then nnU-Net preprocessing.
+
+    Returns the path of the derived plans file in the preprocessed dataset folder.
+    """
+    # The planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive.
+    env = paths.env(num_processes=num_processes, n_proc_da=max(1, num_processes))
+    did = str(int(dataset_id))
+    run_nnunet_command(["nnUNetv2_extract_fingerprint", "-d", did, "-np", str(num_processes), "--clean"], env,
+                       log_path=paths.logs / f"{did}_fingerprint.log")
+    run_nnunet_command(["nnUNetv2_plan_experiment", "-d", did], env, log_path=paths.logs / f"{did}_plan.log")
+    folder = find_dataset_folder(paths.preprocessed, dataset_id)
+    default_plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    derived = derive_plans(default_plans, plans_name=plans_name, configuration=configuration, spacing=spacing,
+                           patch_size=patch_size, batch_size=batch_size,
+                           features_per_stage=features_per_stage, n_stages=n_stages)
+    plans_path = folder / f"{plans_name}.json"
+    plans_path.write_text(json.dumps(derived, indent=2))
+    run_nnunet_command(["nnUNetv2_preprocess", "-d", did, "-plans_name", plans_name, "-c", configuration,
+                        "-np", str(num_processes)], env, log_path=paths.logs / f"{did}_{plans_name}_preprocess.log")
+    return plans_path
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def train(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration: str = "3d_fullres",
+          fold: str | int = "all", epochs: int, iterations_per_epoch: int, val_iterations: int = 2,
+          initial_lr: float = 0.01, device: str = "cpu", continue_training: bool = False,
+          save_every: int = 5, final_validation: bool = False, threads: int = 2, n_proc_da: int = 0,
+          nice: int = 0) -> Path:
+    """Train `nnUNetTrainer` (SGD Nesterov 0.99, poly lr, Dice+CE: nnU-Net's defaults) in a subprocess.
+
+    Returns the fold's output folder (holding checkpoint_final.pth). `save_every` epochs a
+    checkpoint_latest.pth is written so an interrupted run can `continue_training`.
+    final_validation runs nnU-Net's full sliding-window validation at the end (slow on a CPU).
+    """
+    command = [sys.executable, "-m", "training.nnunet_train",
+               "--preprocessed-dataset", str(find_dataset_folder(paths.preprocessed, dataset_id)),
+               "--plans-name", plans_name, "--configuration", configuration, "--fold", str(fold),
+               "--epochs", str(int(epochs)), "--iterations", str(int(iterations_per_epoch)),
+               "--val-iterations", str(int(val_iterations)), "--initial-lr", repr(float(initial_lr)),
+               "--device", device, "--save-every", str(int(save_every))]
+    if continue_training:
+        command.append("--continue-training")
+    if final_validation:
+        command.append("--final-validation")
+    if nice:
+        command = ["nice", "-n", str(int(nice)), *command]
+    run_command(command, paths.env(threads=threads, n_proc_da=n_proc_da),
+                log_path=paths.logs / f"{int(dataset_id)}_{plans_name}_{configuration}_fold{fold}_train.log",
+                cwd=REPO_ROOT, append=continue_training)
+    return fold_folder(paths, dataset_id, plans_name=plans_name, configuration=configuration, fold=fold)
+
+
+def fold_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration: str,
+                fold: str | int) -> Path:
+    """nnU-Net's output folder of one trained fold."""
+    name = find_dataset_folder(paths.preprocessed, dataset_id).name
+    return paths.results / name / f"{TRAINER_NAME}__{plans_name}__{configuration}" / f"fold_{fold}"
+
+
+# --------------------------------------------------------------------------------------------
+# export
+
+
+def export_model_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration: str,
+                        fold: str | int = "all", dest: Path, checkpoint: str = "checkpoint_final.pth"
+                        ) -> dict[str, str]:
+    """Write `dest/plans.json`, `dest/dataset.json`, `dest/fold_<fold>/checkpoint_final.pth`.
+
+    The checkpoint holds only what `nnUNetPredictor.initialize_from_trained_model_folder` reads:
+    network_weights (fp32 tensors), trainer_name, init_args.configuration and
+    inference_allowed_mirroring_axes, so it loads with torch.load(weights_only=True) and the
+    folder runs in nnU-Net's own predictor. Returns {relative path: SHA-256} of the written files.
+    """
+    import torch  # only the export needs torch; planning and training run in subprocesses
+
+    source = fold_folder(paths, dataset_id, plans_name=plans_name, configuration=configuration, fold=fold)
+    model_base = source.parent
+    # Our own training output: it holds numpy scalars in its logs, so the full unpickler is needed.
+    trained = torch.load(source / checkpoint, map_location="cpu", weights_only=False)
+    stripped = strip_checkpoint(trained, configuration)
+    dest = Path(dest)
+    (dest / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+    plans = json.loads((model_base / "plans.json").read_text())
+    dataset_json = json.loads((model_base / "dataset.json").read_text())
+    _write_json_atomic(dest / "plans.json", plans)
+    _write_json_atomic(dest / "dataset.json", dataset_json)
+    checkpoint_path = dest / f"fold_{fold}" / "checkpoint_final.pth"
+    temporary = checkpoint_path.with_name(f".{checkpoint_path.name}.partial-{os.getpid()}")
+    torch.save(stripped, temporary)
+    os.replace(temporary, checkpoint_path)
+    reloaded = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if set(reloaded) != set(STRIPPED_CHECKPOINT_KEYS) or set(reloaded["network_weights"]) != set(stripped["network_weights"]):
+        raise RuntimeError(f"{checkpoint_path}: exported checkpoint does not reload as written")
+    written = [dest / "plans.json", dest / "dataset.json", checkpoint_path]
+    return {str(path.relative_to(dest)): sha256_of(path) for path in written}
+
+
+def strip_checkpoint(checkpoint: dict, configuration: str) -> dict:
+    """The inference-only part of an nnU-Net training checkpoint (tensors as contiguous fp32)."""
+    import torch
+
+    weights = {}
+    converted: dict[tuple, torch.Tensor] = {}  # aliases stay aliases, so torch.save stores each tensor once
+    for key, value in checkpoint["network_weights"].items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"network_weights[{key!r}] is {type(value).__name__}, expected a tensor")
+        key = key[len("module."):] if key.startswith("module.") else key  # DDP-wrapped training
+        key = key[len("_orig_mod."):] if key.startswith("_orig_mod.") else key  # torch.compile
+        # dynamic-network-architectures registers each conv twice (`conv` and `all_modules.0`) and
+        # the decoder holds the encoder: the state dict names one tensor up to four times.
+        identity = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                    tuple(value.stride()), value.dtype)
+        if identity not in converted:
+            tensor = value.detach().cpu()
+            tensor = tensor.float() if tensor.is_floating_point() else tensor
+            converted[identity] = tensor if tensor.is_contiguous() else tensor.contiguous()
+        weights[key] = converted[identity]
+    mirroring = checkpoint.get("inference_allowed_mirroring_axes")
+    return {
+        "network_weights": weights,
+        "trainer_name": TRAINER_NAME,
+        "init_args": {"configuration": configuration},
+        "inference_allowed_mirroring_axes": tuple(int(a) for a in mirroring) if mirroring is not None else None,
+    }
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, path)
+
+
+# --------------------------------------------------------------------------------------------
+# prediction with nnU-Net's own predictor (the baseline, and the check that an export works)
+
+
+def predict_with_nnunet(model_folder: Path, input_folder: Path, output_folder: Path, *, fold: str | int = "all",
+                        env: dict[str, str] | None = None, step_size: float = 0.5, mirroring: bool = False,
+                        device: str = "cpu", num_processes: int = 1, log_path: Path | None = None) -> None:
+    """Run `nnUNetv2_predict_from_modelfolder` on a folder of `<case>_0000.nii.gz` files."""
+    command = ["nnUNetv2_predict_from_modelfolder", "-i", str(input_folder), "-o", str(output_folder),
+               "-m", str(model_folder), "-f", str(fold), "-step_size", str(step_size), "-device", device,
+               "-npp", str(num_processes), "-nps", str(num_processes), "--disable_progress_bar"]
+    if not mirroring:
+        command.append("--disable_tta")
+    environment = dict(env) if env is not None else dict(os.environ)
+    environment.setdefault("nnUNet_compile", "false")
+    run_nnunet_command(command, environment, log_path=log_path)
+
+
+# --------------------------------------------------------------------------------------------
+# subprocesses
+
+
+def nnunet_executable(name: str) -> str:
+    """An nnU-Net console script, preferably the one beside the running interpreter (its venv)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found beside {sys.executable} nor on PATH; install nnunetv2")
+    return found
+
+
+def run_nnunet_command(command: list[str], env: dict[str, str], *, log_path: Path | None = None) -> None:
+    run_command([nnunet_executable(command[0]), *command[1:]], env, log_path=log_path)
+
+
+def run_command(command: Iterable[str], env: dict[str, str], *, log_path: Path | None = None,
+                cwd: Path | None = None, append: bool = False) -> None:
+    """Run a command with `env`, its output going to `log_path` (or captured); raise NnUNetError on failure."""
+    command = [str(c) for c in command]
+    log.info("running %s", " ".join(command))
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a" if append else "w") as handle:
+            start = handle.tell()
+            result = subprocess.run(command, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+        with open(log_path, errors="replace") as handle:
+            handle.seek(start)
+            output = handle.read()
+    else:
+        result = subprocess.run(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        output = result.stdout
+    if result.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-25:])
+        raise NnUNetError(f"{Path(command[0]).name} {' '.join(command[1:4])} ... exited with {result.returncode}"
+                          f"{f' (log: {log_path})' if log_path else ''}:\n{tail}")

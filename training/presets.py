@@ -1,0 +1,244 @@
+"""Training presets: every number of the semi-supervised cascade recipe, as frozen dataclasses.
+
+- `paper`: the method paper's tables 2 and 3 (organ patch 96x160x160 batch 2, tumor patch
+  56x112x176 batch 4, 1000 epochs x 250 iterations, SGD Nesterov 0.99, lr 0.01 poly 0.9, Dice + CE),
+  for real FLARE23 data on GPUs. Spacing and network width are left to nnU-Net's planner
+  (`None`): its median spacing, 32 features doubling up to 320, as many stages as the patch allows.
+- `demo`: small networks and a short schedule that run the whole cascade (both organ models, tumor
+  models for liver, pancreas and both kidneys, the pseudo-label round) on synthetic phantoms on a
+  2-core CPU in at most 90 minutes (see `DEMO_BUDGET_MINUTES` for the measurements behind it).
+- `smoke`: a handful of tiny cases, 1 epoch x 2 iterations per model, tumor models for liver and
+  left kidney only; proves the driver end to end in the test suite.
+
+Optimizer, schedule and loss are nnU-Net's `nnUNetTrainer` defaults (SGD Nesterov momentum 0.99,
+poly decay exponent 0.9, Dice + cross-entropy with deep supervision); a preset sets the initial lr.
+Any field can be overridden on the command line (`--set tumor.epochs=50`), see `apply_overrides`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.cascade_params import REFERENCE_VOXEL_MM3, CascadeParameters
+
+TUMOR_ORGANS = (1, 4, 2, 13)  # liver, pancreas, right kidney, left kidney (DESIGN section 4)
+ORGAN_NAMES = {1: "liver", 2: "right_kidney", 4: "pancreas", 13: "left_kidney"}
+CONTRAST_ORGANS = (2, 13)  # kidney tumor models run only on contrast-enhanced scans (public code)
+# Public code: a pseudo-labelled tumor component needs at least 2048 voxels; in mm3 at the FLARE
+# reference voxel (2.5 x 0.8 x 0.8 mm), like every other volume threshold of the cascade.
+PUBLIC_PSEUDO_TUMOR_MIN_MM3 = 2048 * REFERENCE_VOXEL_MM3  # 3276.8
+
+
+@dataclass(frozen=True)
+class NetworkPreset:
+    """One nnU-Net model: plan overrides and training schedule.
+
+    spacing (z, y, x mm) None: nnU-Net's planned spacing. features_per_stage None: nnU-Net's rule
+    (32 doubling to 320) with as many stages as the patch allows at that spacing.
+    """
+    patch_size: tuple[int, int, int]
+    batch_size: int
+    epochs: int
+    iterations_per_epoch: int
+    spacing: tuple[float, float, float] | None = None
+    features_per_stage: tuple[int, ...] | None = None
+    val_iterations: int = 2
+    initial_lr: float = 0.01
+
+    def __post_init__(self):
+        if len(self.patch_size) != 3 or min(self.patch_size) < 8:
+            raise ValueError(f"patch_size must be 3 sizes >= 8, got {self.patch_size}")
+        for name in ("batch_size", "epochs", "iterations_per_epoch", "val_iterations"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ValueError(f"spacing must be 3 positive mm values or None, got {self.spacing}")
+        if not self.initial_lr > 0:
+            raise ValueError(f"initial_lr must be positive, got {self.initial_lr}")
+
+    @property
+    def iterations(self) -> int:
+        return self.epochs * self.iterations_per_epoch
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """Sizes of the synthetic FLARE23-format dataset (`training.dataset.build_flare_dataset`)."""
+    n_labeled: int
+    n_partial: int
+    n_tumor_only: int
+    n_unlabeled: int
+    n_validation: int
+    seed: int = 0
+    max_voxels: int = 1_000_000
+    random_geometry: bool = True
+    tumor_probability: float = 0.7
+    shape: tuple[int, int, int] = (64, 128, 128)  # only without random_geometry
+    spacing: tuple[float, float, float] = (2.5, 1.6, 1.6)
+
+    def builder_kwargs(self) -> dict:
+        return dict(n_labeled=self.n_labeled, n_partial=self.n_partial, n_tumor_only=self.n_tumor_only,
+                    n_unlabeled=self.n_unlabeled, n_validation=self.n_validation, seed=self.seed,
+                    max_voxels=self.max_voxels, random_geometry=self.random_geometry,
+                    tumor_probability=self.tumor_probability, shape=self.shape, spacing=self.spacing)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    organ_first: NetworkPreset  # step 1: the model trained on fully labelled cases that makes pseudo labels
+    organ: NetworkPreset  # step 1: the shipped organ model, trained on everything
+    tumor: NetworkPreset  # steps 2 and 4: one model per tumor-bearing organ, the same budget in both
+    data: SyntheticData | None = None  # what `--make-data` builds
+    tumor_organs: tuple[int, ...] = TUMOR_ORGANS
+    # Cascade parameters written to the manifest (and used for the training crops, so that a tumor
+    # model trains on the crops it will see): any CascadeParameters field by name.
+    cascade: dict = field(default_factory=dict)
+    pseudo_tumor_min_mm3: float = PUBLIC_PSEUDO_TUMOR_MIN_MM3
+    use_real_ct: bool = False  # add ../shared/data/real's CT as one pseudo-labelled training case
+
+    def __post_init__(self):
+        unknown = [o for o in self.tumor_organs if o not in ORGAN_NAMES]
+        if unknown or len(set(self.tumor_organs)) != len(self.tumor_organs):
+            raise ValueError(f"tumor_organs must be distinct labels among {sorted(ORGAN_NAMES)}, "
+                             f"got {self.tumor_organs}")
+        self.cascade_parameters()  # validates names and values
+        if not self.pseudo_tumor_min_mm3 >= 0:
+            raise ValueError(f"pseudo_tumor_min_mm3 must be >= 0, got {self.pseudo_tumor_min_mm3}")
+
+    def cascade_parameters(self) -> CascadeParameters:
+        return CascadeParameters.from_manifest(self.cascade)
+
+    def as_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def scaled_cascade(scale: float) -> dict:
+    """Every physical cascade parameter scaled to patients `scale` times adult size (lengths x scale,
+    volumes x scale^3); the HU threshold is unchanged. The synthetic phantoms scale the patient to
+    the field of view, so a small-voxel-count phantom is a child-sized patient."""
+    defaults = CascadeParameters()
+    lengths = ("aorta_caudal_margin_mm", "tumor_margin_cranio_caudal_mm", "tumor_margin_in_plane_mm")
+    volumes = ("aorta_min_mm3", "tumor_min_total_mm3", "tumor_min_component_mm3", "tumor_min_organ_overlap_mm3")
+    scaled = {name: round(getattr(defaults, name) * scale, 3) for name in lengths}
+    scaled.update({name: round(getattr(defaults, name) * scale ** 3, 3) for name in volumes})
+    return scaled
+
+
+PAPER = Preset(
+    name="paper",
+    description="Paper tables 2 and 3 for real FLARE23 data on GPUs: organ patch 96x160x160 batch 2, tumor "
+                "patch 56x112x176 batch 4, 1000 epochs x 250 iterations, SGD Nesterov 0.99, lr 0.01 poly 0.9, "
+                "Dice + CE; spacing and network width from nnU-Net's planner.",
+    organ_first=NetworkPreset(patch_size=(96, 160, 160), batch_size=2, epochs=1000, iterations_per_epoch=250,
+                              val_iterations=50),
+    organ=NetworkPreset(patch_size=(96, 160, 160), batch_size=2, epochs=1000, iterations_per_epoch=250,
+                        val_iterations=50),
+    tumor=NetworkPreset(patch_size=(56, 112, 176), batch_size=4, epochs=1000, iterations_per_epoch=250,
+                        val_iterations=50),
+    data=None,
+    cascade={},
+    use_real_ct=False,
+)
+
+# Demo phantoms: at 1.2 M voxels the generator shrinks a patient to about 0.3 of adult size (median
+# in-plane field of view 120 mm instead of about 385 mm), so the cascade's physical parameters and
+# the pseudo-label volume threshold are scaled by 0.3 (volumes by 0.027).
+DEMO_PATIENT_SCALE = 0.3
+# The demo budget, from nnU-Net's own epoch times on the 2-core dev machine while another engineer's
+# 2-thread training ran beside it (load ~3.5), one thread per process (`--threads 1`; two threads
+# were 3-5x slower there, OpenMP threads spinning against the other job):
+#   organ  patch 32x80x80 batch 2, 8-96 features:  1.14 s per iteration (25 it + 2 val = 28.6 s/epoch)
+#   tumor  patch 24x48x64 batch 4, 8-64 features:  0.70 s per iteration (20 it + 2 val = 14.2 s/epoch)
+#   per model: process start + nnU-Net set-up about 10 s; planning + preprocessing about 3 s per case
+#   plus 15 s per dataset (nnU-Net's spawned worker pools); pseudo labels / evaluation about 4 s a case.
+# Estimate: organ_first 6 x 28.6 s + 60 s = 4 min; organ 24 x 28.6 s + 100 s = 13 min; 8 tumor
+# models x (15 x 14.2 s + 8 s) = 29 min; planning of 8 tumor datasets 3 min; data, pseudo labels,
+# export, evaluation and ablation 5 min: about 55 min, under 90 with a margin for a slower machine.
+DEMO_BUDGET_MINUTES = 55
+DEMO = Preset(
+    name="demo",
+    description="Small networks, short schedule: the whole cascade on synthetic phantoms on a 2-core CPU "
+                "in at most 90 minutes (estimated 55). Not a usable model for real CT.",
+    organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=6, iterations_per_epoch=25,
+                              spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2),
+    organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=24, iterations_per_epoch=25,
+                        spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2),
+    tumor=NetworkPreset(patch_size=(24, 48, 64), batch_size=4, epochs=15, iterations_per_epoch=20,
+                        spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2),
+    data=SyntheticData(n_labeled=8, n_partial=8, n_tumor_only=4, n_unlabeled=10, n_validation=4, seed=2023,
+                       max_voxels=1_200_000, random_geometry=True, tumor_probability=0.7),
+    cascade=scaled_cascade(DEMO_PATIENT_SCALE),
+    pseudo_tumor_min_mm3=round(PUBLIC_PSEUDO_TUMOR_MIN_MM3 * DEMO_PATIENT_SCALE ** 3, 3),
+    use_real_ct=True,
+)
+
+SMOKE = Preset(
+    name="smoke",
+    description="Tiny cases, 1 epoch x 2 iterations per model: proves the driver end to end (tests).",
+    organ_first=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
+                              spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1),
+    organ=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
+                        spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1),
+    tumor=NetworkPreset(patch_size=(8, 16, 16), batch_size=2, epochs=1, iterations_per_epoch=2,
+                        spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8), val_iterations=1),
+    data=SyntheticData(n_labeled=2, n_partial=1, n_tumor_only=1, n_unlabeled=1, n_validation=1, seed=7,
+                       max_voxels=40_000, random_geometry=False, tumor_probability=1.0,
+                       shape=(24, 48, 48), spacing=(4.0, 3.0, 3.0)),
+    # two of the four tumor organs, one without and one with the contrast switch, to keep the test
+    # short (each nnU-Net dataset costs about 40 s of process start-up here); `--set
+    # tumor_organs=[1,4,2,13]` runs all four (about 3.5 min)
+    tumor_organs=(1, 13),
+    cascade=scaled_cascade(0.4),
+    pseudo_tumor_min_mm3=round(PUBLIC_PSEUDO_TUMOR_MIN_MM3 * 0.4 ** 3, 3),
+    use_real_ct=False,
+)
+
+PRESETS = {p.name: p for p in (PAPER, DEMO, SMOKE)}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
+    """`["tumor.epochs=50", "data.n_unlabeled=20", "use_real_ct=false"]` -> a new preset.
+
+    Values are JSON (numbers, true/false, lists for tuples, null); a bare word is taken as a string.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must be KEY=VALUE, e.g. tumor.epochs=50")
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        preset = _replace_path(preset, key.strip().split("."), value, key)
+    return preset
+
+
+def _replace_path(obj, path: list[str], value, key: str):
+    if isinstance(obj, dict):
+        if len(path) != 1:
+            raise ValueError(f"override {key!r}: {path[0]!r} is a value, not a section")
+        return {**obj, path[0]: value}
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"override {key!r}: {path[0]!r} is not a section of the preset")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    if path[0] not in names:
+        raise ValueError(f"override {key!r}: unknown field {path[0]!r}; allowed: {sorted(names)}")
+    current = getattr(obj, path[0])
+    if len(path) > 1:
+        if current is None:
+            raise ValueError(f"override {key!r}: this preset has no {path[0]!r} section")
+        new = _replace_path(current, path[1:], value, key)
+    else:
+        new = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(obj, **{path[0]: new})
