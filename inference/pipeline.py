@@ -50,7 +50,16 @@ class CaseReport:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's RSS high-water mark in MiB.
+
+    Linux: VmHWM, which belongs to the address space; ru_maxrss would be inherited across fork and
+    exec, so a run started from a large parent would report the parent's footprint.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def peak_gpu_mb() -> float | None:

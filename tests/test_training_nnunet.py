@@ -263,3 +263,26 @@ def test_e2e_nnunet_predictor_runs_the_exported_folder(trained_export, tmp_path)
     assert predicted.GetSize() == original.GetSize()
     assert np.allclose(predicted.GetSpacing(), original.GetSpacing())
     assert set(np.unique(sitk.GetArrayFromImage(predicted))) <= set(BLOB_LABELS.values())
+
+
+# ------------------------------------------------------------------------------------------
+# quick_model: organ-only labels for the 14-class organ model
+
+
+def test_organ_labels_give_each_tumour_to_its_host_organ():
+    from training.quick_model import organ_labels
+
+    labels = np.zeros((10, 20, 30), np.uint8)
+    labels[2:8, 2:10, 2:12] = 1  # liver
+    labels[4:6, 4:7, 4:7] = 14  # tumour inside the liver
+    labels[2:8, 12:18, 2:10] = 4  # pancreas
+    labels[2:8, 12:18, 10:20] = 12  # duodenum, touching the pancreas
+    labels[3:7, 13:17, 8:12] = 14  # pancreatic tumour that bulges into the duodenum
+    out = organ_labels(labels, hosts=(1, 4))
+    assert out.dtype == np.uint8 and out.max() <= 13
+    assert (out[4:6, 4:7, 4:7] == 1).all()
+    assert (out[3:7, 13:17, 8:12] == 4).all()
+    assert (out[labels == 12] == 12).sum() == ((labels == 12).sum())  # untouched organs stay
+    lone = np.zeros((4, 4, 4), np.uint8)
+    lone[1:3, 1:3, 1:3] = 14
+    assert organ_labels(lone).max() == 0  # a tumour touching no organ becomes background

@@ -146,6 +146,20 @@ def evaluate(model_folder: Path, cases: list[tuple[str, Path, Path]], work: Path
             "nnunet_predict_seconds": round(seconds, 1)}
 
 
+def _plans_match(paths: NnUNetPaths, plan: OrganPlan) -> bool:
+    """True if this work folder already holds preprocessed data for exactly `plan`."""
+    try:
+        plans_path = find_dataset_folder(paths.preprocessed, DATASET_ID) / f"{PLANS_NAME}.json"
+    except FileNotFoundError:
+        return False
+    if not plans_path.exists():
+        return False
+    config = json.loads(plans_path.read_text())["configurations"][CONFIGURATION]
+    return (config["spacing"] == list(plan.spacing) and config["patch_size"] == list(plan.patch_size)
+            and config["batch_size"] == plan.batch_size
+            and config["architecture"]["arch_kwargs"]["features_per_stage"] == list(plan.features_per_stage))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("weights/organ"), help="exported model folder")
@@ -161,6 +175,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=2, help="checkpoint_latest.pth every N epochs")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    default = OrganPlan()
+    parser.add_argument("--spacing", type=float, nargs=3, default=default.spacing, metavar=("Z", "Y", "X"))
+    parser.add_argument("--patch", type=int, nargs=3, default=default.patch_size, metavar=("Z", "Y", "X"))
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--features", type=int, nargs="+", default=default.features_per_stage,
+                        help="features per encoder stage (the number of stages is their count)")
     args = parser.parse_args(argv)
     if min(args.cases, args.epochs, args.iterations, args.heldout) < 1:
         parser.error("--cases, --heldout, --epochs and --iterations must be >= 1")
@@ -170,7 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    plan = OrganPlan()
+    plan = OrganPlan(spacing=tuple(args.spacing), patch_size=tuple(args.patch), batch_size=args.batch_size,
+                     features_per_stage=tuple(args.features))
     work = args.work.resolve()
     paths = NnUNetPaths(work / "nnunet")
     case_folder = work / "cases"
@@ -185,11 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings["phantoms_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
-    try:
-        plans_done = (find_dataset_folder(paths.preprocessed, DATASET_ID) / f"{PLANS_NAME}.json").exists()
-    except FileNotFoundError:
-        plans_done = False
-    if not plans_done:
+    if not _plans_match(paths, plan):
         write_raw_dataset(paths, DATASET_ID, DATASET_NAME, training_cases, ORGAN_LABELS)
         plan_and_preprocess(paths, DATASET_ID, plans_name=PLANS_NAME, configuration=CONFIGURATION,
                             spacing=plan.spacing, patch_size=plan.patch_size, batch_size=plan.batch_size,
