@@ -20,7 +20,10 @@ test: venv
 	$(PY) -m pytest -q tests
 
 # Main job on the built-in default input: a synthetic CT is written to $(DEMO_DIR)/inputs and segmented.
+# Without shipped weights (weights/cascade.json) it first makes them with `make weights`.
 predict: venv
+	@if [ ! -f weights/cascade.json ]; then \
+		echo "weights/cascade.json missing: training the cascade first (make weights)"; $(MAKE) weights; fi
 	$(PY) -m inference --demo $(DEMO_DIR)
 
 benchmark: venv

@@ -75,7 +75,7 @@ def read_labels(path: Path) -> np.ndarray:
 
 
 def label_agreement(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    present = sorted(set(np.unique(a)) | set(np.unique(b)) - {0})
+    present = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
     return {int(k): round(dice(a == k, b == k), 4) for k in present}
 
 

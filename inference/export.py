@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from inference.preprocessing import Preprocessed
 from inference.resampling import area_bins, linear_source_weights, resample_torch, source_range_for_output
@@ -89,30 +90,67 @@ def _foreground_box(labels: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
     return tuple(box)
 
 
-def logits_to_labels_interpolated(logits: torch.Tensor, out_shape) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+def _plane_kernel_pays(in_plane, out_plane, window_plane) -> bool:
+    """True when resizing the whole plane with torch's interpolation kernel costs less than the
+    dense per-axis matrix products restricted to the window (which grow with the square of the
+    window's side: cheap for organ crops, wasteful on a whole 512x512 plane)."""
+    (yi, xi), (yo, xo), (yw, xw) = in_plane, out_plane, window_plane
+    matrix_macs = yw * yi * xi + yw * xi * xw
+    kernel_cost = 8 * yo * xo  # a few memory passes per output element, no reduction over inputs
+    return _plane_resizable(in_plane, out_plane) and kernel_cost < matrix_macs
+
+
+def _plane_resizable(in_plane, out_plane) -> bool:
+    """One 2D kernel serves both in-plane axes only if they change the same way."""
+    (yi, xi), (yo, xo) = in_plane, out_plane
+    return (yo > yi and xo > xi) or (yo < yi and xo < xi) or (yo, xo) == (yi, xi)
+
+
+def _resize_plane(part: torch.Tensor, out_plane) -> torch.Tensor:
+    """(C, S, Y, X) -> (C, S, Y', X'): bilinear up or area down on whole planes (torch's kernels)."""
+    grows = out_plane[0] > part.shape[2]
+    kwargs = {"mode": "bilinear", "align_corners": False} if grows else {"mode": "area"}
+    return F.interpolate(part, size=tuple(out_plane), **kwargs)
+
+
+def logits_to_labels_interpolated(logits: torch.Tensor, out_shape,
+                                  plane_kernel: bool | None = None) -> tuple[np.ndarray, tuple[slice, ...] | None]:
     """Argmax of linearly resized logits, computed only where foreground can appear.
 
     Returns the labels inside the foreground window and the window's slices in the output grid.
+    The in-plane pass uses torch's interpolation kernel on whole planes or per-axis matrix
+    products on the window, whichever is cheaper (`plane_kernel` forces one, for tests); both
+    give the same values.
     """
     in_shape = tuple(logits.shape[1:])
     box = _foreground_box(argmax_channels(logits))
     if box is None:
         return np.zeros((0, 0, 0), np.uint8), None
     window = [output_span(i, o, lo, hi) for i, o, (lo, hi) in zip(in_shape, out_shape, box)]
-    sources = [source_range_for_output(i, o, a, b) for i, o, (a, b) in zip(in_shape, out_shape, window)]
     (z0, z1), (y0, y1), (x0, x1) = window
+    if plane_kernel is None:
+        plane_kernel = _plane_kernel_pays(in_shape[1:], out_shape[1:], (y1 - y0, x1 - x0))
+    plane_kernel = plane_kernel and _plane_resizable(in_shape[1:], out_shape[1:])
+    if plane_kernel:  # whole planes in, window cut from the output
+        (sy0, sy1), (sx0, sx1) = (0, in_shape[1]), (0, in_shape[2])
+        plane_elements = out_shape[1] * out_shape[2]
+    else:
+        (sy0, sy1), (sx0, sx1) = (source_range_for_output(i, o, a, b) for i, o, (a, b)
+                                  in zip(in_shape[1:], out_shape[1:], window[1:]))
+        plane_elements = (y1 - y0) * (x1 - x0)
     classes = logits.shape[0]
-    bytes_per_slice = classes * (y1 - y0) * (x1 - x0) * 4 * 3  # slab, its y pass and the x pass
-    slab = max(1, SLAB_BYTES // max(bytes_per_slice, 1))
-    (_, _), (sy0, sy1), (sx0, sx1) = sources
+    slab = max(1, SLAB_BYTES // max(classes * plane_elements * 4 * 3, 1))  # slab, y pass, x pass
     labels = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=np.uint8)
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
         sz0, sz1 = source_range_for_output(in_shape[0], out_shape[0], start, stop)
         part = logits[:, sz0:sz1, sy0:sy1, sx0:sx1].float()
         part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0)
-        part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0)
-        part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0)
+        if plane_kernel:
+            part = _resize_plane(part, out_shape[1:])[:, :, y0:y1, x0:x1]
+        else:
+            part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0)
+            part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0)
         labels[start - z0:stop - z0] = argmax_channels(part).cpu().numpy()
     return labels, tuple(slice(a, b) for a, b in window)
 

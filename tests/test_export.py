@@ -43,10 +43,11 @@ def blob_logits(shape, classes=4, seed=0):
     ((20, 16, 16), (9, 33, 30)),    # z down (area), in-plane up
     ((11, 13, 9), (11, 13, 9)),     # identity
 ])
-def test_cropped_slabwise_export_equals_full_interpolation(monkeypatch, in_shape, out_shape):
+@pytest.mark.parametrize("plane_kernel", [False, True, None])
+def test_cropped_slabwise_export_equals_full_interpolation(monkeypatch, in_shape, out_shape, plane_kernel):
     monkeypatch.setattr(export, "SLAB_BYTES", 1)  # one output slice per slab: the most chunked case
     logits = blob_logits(in_shape)
-    labels, window = logits_to_labels_interpolated(logits, out_shape)
+    labels, window = logits_to_labels_interpolated(logits, out_shape, plane_kernel=plane_kernel)
     ours = np.zeros(out_shape, np.uint8)
     ours[window] = labels
     reference = full_reference(logits, out_shape)
