@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from inference.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from inference.geometry import Geometry
 from inference.io import to_sitk
+from inference.report import LABEL_NAMES
 from tests.factories import make_model_folder
 
 LABELS = {"background": 0, "liver": 1, "spleen": 3}
@@ -121,3 +122,22 @@ def test_cascade_folder_runs_and_reports_its_decisions(tmp_path):
     case = json.loads((tmp_path / "out" / "run_report.json").read_text())["cases"][0]
     assert {"aorta_found", "contrast_enhanced", "tumor_stages_run", "tumor_stages_skipped"} <= set(case["details"])
     assert "organ_network" in case["seconds"] and "merge" in case["seconds"]
+
+
+def test_volume_report_and_preview_options(tmp_path, model):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_case(inputs, "A_0000.nii.gz")
+    write_case(inputs, "B_0000.nii.gz", direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    out = tmp_path / "out"
+    assert run("-i", inputs, "-o", out, "--model", model, "--volumes", "--preview") == EXIT_OK
+    for case_id in ("A", "B"):
+        volumes = json.loads((out / f"{case_id}_volumes.json").read_text())
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case_id}.nii.gz")))
+        spacing = sitk.ReadImage(str(out / f"{case_id}.nii.gz")).GetSpacing()
+        assert (out / f"{case_id}_preview.png").stat().st_size > 1000
+        for value, name in LABEL_NAMES.items():
+            if value <= 13:  # organ volumes in mL agree with the written label map
+                expected = (labels == value).sum() * np.prod(spacing) / 1000
+                assert volumes["organs_ml"][name] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert (out / "volumes.csv").read_text().splitlines()[0].startswith("case,")
