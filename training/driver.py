@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from inference.io import write_text_atomic
 from training.labels import TUMOR_HOSTS
 from training.presets import CONTRAST_ORGANS, ORGAN_NAMES, NetworkPreset, Preset
 
@@ -397,9 +398,7 @@ class StateStore:
     def save(self, name: str, payload: dict, started: bool = False) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(name, started)
-        temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        temporary.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-        os.replace(temporary, path)
+        write_text_atomic(path, json.dumps(payload, indent=1, default=str) + "\n")
 
     def remove(self, name: str, started: bool = False) -> None:
         self.path(name, started).unlink(missing_ok=True)
@@ -950,9 +949,7 @@ def _without_per_case(summary: dict) -> dict:
 
 def _write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _listing_digest(folder: Path) -> str:

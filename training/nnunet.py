@@ -413,9 +413,8 @@ def sha256_of(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
+    from inference.io import write_text_atomic
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 # --------------------------------------------------------------------------------------------
