@@ -20,7 +20,6 @@ thick slices is (z, y, x), the order of our arrays.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from inference.manifest import sha256_of  # one SHA-256 helper for exports and the manifest check
 
 log = logging.getLogger(__name__)
 
@@ -402,14 +403,6 @@ def strip_checkpoint(checkpoint: dict, configuration: str) -> dict:
         "init_args": {"configuration": configuration},
         "inference_allowed_mirroring_axes": tuple(int(a) for a in mirroring) if mirroring is not None else None,
     }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
