@@ -84,6 +84,47 @@ def test_redo_and_step_selection(tmp_path):
         execute_units(toy_units(calls, {"a": {"n": 1}}, tmp_path), store, steps=("2",))
 
 
+def fan_out_units(calls: list, barrier, fail: set = frozenset()) -> list[Unit]:
+    """a -> t1, t2, t3 (concurrent, each waits at `barrier`) -> d."""
+    def runner(name, wait):
+        def run_unit(resume):
+            if wait:
+                barrier.wait()  # times out (BrokenBarrierError) unless all three run at once
+            calls.append(name)
+            if name in fail:
+                raise RuntimeError(f"{name} failed")
+            return {"name": name}
+        return run_unit
+    trainings = [Unit(f"t{i}", "2", ("a",), {}, runner(f"t{i}", True), resumable=True, concurrent=True)
+                 for i in (1, 2, 3)]
+    return [Unit("a", "data", (), {}, runner("a", False)), *trainings,
+            Unit("d", "2", ("t1", "t2", "t3"), {}, runner("d", False))]
+
+
+def test_concurrent_units_run_side_by_side_and_a_failure_keeps_the_others_done(tmp_path):
+    import threading
+
+    store, calls = StateStore(tmp_path / "state"), []
+    barrier = threading.Barrier(3, timeout=20)
+    with pytest.raises(RuntimeError, match="t2 failed"):
+        execute_units(fan_out_units(calls, barrier, fail={"t2"}), store, steps=ALL, parallel=3)
+    assert sorted(calls) == ["a", "t1", "t2", "t3"]  # all three passed the barrier together; d never ran
+    assert store.load("t1") and store.load("t3") and store.load("t2") is None
+    assert store.load("t2", started=True) is not None  # an interrupted resumable unit resumes next time
+    calls.clear()
+    report = execute_units(fan_out_units(calls, threading.Barrier(1)), store, steps=ALL, parallel=3)
+    assert statuses(report) == {"a": "skipped", "t1": "skipped", "t2": "ran", "t3": "skipped", "d": "ran"}
+    assert [r["unit"] for r in report] == ["a", "t1", "t2", "t3", "d"]  # unit order, not finishing order
+
+
+def test_parallel_one_runs_concurrent_units_one_after_another(tmp_path):
+    import threading
+
+    store, calls = StateStore(tmp_path / "state"), []
+    execute_units(fan_out_units(calls, threading.Barrier(1)), store, steps=ALL, parallel=1)
+    assert calls == ["a", "t1", "t2", "t3", "d"]
+
+
 def test_interrupted_resumable_unit_resumes_and_others_start_clean(tmp_path):
     store, calls = StateStore(tmp_path / "state"), []
     with pytest.raises(KeyboardInterrupt):
@@ -132,10 +173,11 @@ class FakeNnUNet:
             (self._preprocessed(dataset_id) / f"{plans_name}.json").write_text(json.dumps(dataclasses.asdict(net)))
         self.calls.append(("plan", tuple(dataset_ids)))
 
-    def reuse_plans(self, source_id, target_id, plans_name):
-        plans = find_dataset_folder(self.paths.preprocessed, source_id) / f"{plans_name}.json"
-        shutil.copyfile(plans, self._preprocessed(target_id) / f"{plans_name}.json")
-        self.calls.append(("reuse", source_id, target_id))
+    def reuse_plans(self, pairs, plans_name):
+        for source_id, target_id in pairs:
+            plans = find_dataset_folder(self.paths.preprocessed, source_id) / f"{plans_name}.json"
+            shutil.copyfile(plans, self._preprocessed(target_id) / f"{plans_name}.json")
+            self.calls.append(("reuse", source_id, target_id))
 
     def fold_folder(self, dataset_id, plans_name):
         name = find_dataset_folder(self.paths.preprocessed, dataset_id).name

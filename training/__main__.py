@@ -38,6 +38,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _nonnegative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -62,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch/OpenMP threads per process (1: fastest on a shared 2-core machine, see "
                              "training/presets.py)")
     parser.add_argument("--processes", type=_positive, default=2, help="nnU-Net preprocessing worker processes")
+    parser.add_argument("--parallel", type=_positive, default=1,
+                        help="run up to N per-organ tumor trainings side by side (a GPU has room for several "
+                             "small ones; on a 2-core CPU keep 1)")
+    parser.add_argument("--da-workers", type=_nonnegative, default=0,
+                        help="nnU-Net data-augmentation worker processes per training (0: in the trainer "
+                             "process, fastest on 2 cores; on a GPU machine give each training several)")
     parser.add_argument("--nice", type=int, default=0, help="niceness of the nnU-Net subprocesses")
     parser.add_argument("--ablation", action="store_true",
                         help="also score the step-2 tumor models (no pseudo labels, same budget) on the "
@@ -90,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                          real_ct=None if args.real_ct.lower() == "none" else Path(args.real_ct),
                          device=args.device, num_gpus=args.num_gpus, threads=args.threads,
                          processes=args.processes, nice=args.nice, ablation=args.ablation,
+                         parallel=args.parallel, da_workers=args.da_workers,
                          command=shlex.join(["python", "-m", "training",
                                              *(argv if argv is not None else sys.argv[1:])]))
     try:

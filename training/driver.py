@@ -43,6 +43,7 @@ import socket
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -95,6 +96,8 @@ class RunOptions:
     nice: int = 0
     ablation: bool = False
     command: str = ""
+    parallel: int = 1  # tumor trainings run side by side (execute_units)
+    da_workers: int = 0  # nnU-Net data-augmentation worker processes per training (0: in the trainer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,11 +258,12 @@ class NnUNetBackend:
     call of each nnU-Net command (its -d takes a list)."""
 
     def __init__(self, root: Path, *, device: str = "cpu", num_gpus: int = 1, threads: int = 1,
-                 processes: int = 2, nice: int = 0):
+                 processes: int = 2, nice: int = 0, da_workers: int = 0):
         from training.nnunet import NnUNetPaths
 
         self.paths = NnUNetPaths(root)
         self.device, self.num_gpus, self.threads, self.processes, self.nice = device, num_gpus, threads, processes, nice
+        self.da_workers = da_workers
 
     def _run(self, command: list[str], log_name: str, env: dict[str, str]) -> None:
         from training.nnunet import nnunet_executable, run_command
@@ -300,22 +304,27 @@ class NnUNetBackend:
             (folder / f"{plans_name}.json").write_text(json.dumps(canonical_class_names(plans), indent=2))
         self._preprocess(ids, plans_name, env, tag)
 
-    def reuse_plans(self, source_id: int, target_id: int, plans_name: str) -> None:
-        """Preprocess `target_id` with the plans (and CT normalisation) of `source_id`, as nnU-Net's
-        move_plans_between_datasets does: same spacing, patch, network, intensity statistics."""
+    def reuse_plans(self, pairs: Sequence[tuple[int, int]], plans_name: str) -> None:
+        """Preprocess each target dataset with the plans (and CT normalisation) of its source, as
+        nnU-Net's move_plans_between_datasets does: same spacing, patch, network, intensity
+        statistics. One nnU-Net call for all targets (each call costs seconds of start-up)."""
         from training.nnunet import find_dataset_folder
 
-        source = find_dataset_folder(self.paths.preprocessed, source_id)
-        raw = find_dataset_folder(self.paths.raw, target_id)
-        target = self.paths.preprocessed / raw.name
-        target.mkdir(parents=True, exist_ok=True)
-        plans = json.loads((source / f"{plans_name}.json").read_text())
-        plans["dataset_name"] = raw.name
-        (target / f"{plans_name}.json").write_text(json.dumps(plans, indent=2))
-        shutil.copyfile(raw / "dataset.json", target / "dataset.json")
-        shutil.copyfile(source / "dataset_fingerprint.json", target / "dataset_fingerprint.json")
+        for source_id, target_id in pairs:
+            source = find_dataset_folder(self.paths.preprocessed, source_id)
+            raw = find_dataset_folder(self.paths.raw, target_id)
+            target = self.paths.preprocessed / raw.name
+            target.mkdir(parents=True, exist_ok=True)
+            plans = json.loads((source / f"{plans_name}.json").read_text())
+            plans["dataset_name"] = raw.name
+            (target / f"{plans_name}.json").write_text(json.dumps(plans, indent=2))
+            shutil.copyfile(raw / "dataset.json", target / "dataset.json")
+            shutil.copyfile(source / "dataset_fingerprint.json", target / "dataset_fingerprint.json")
+        if not pairs:
+            return
         env = self.paths.env(threads=self.threads, num_processes=self.processes, n_proc_da=max(1, self.processes))
-        self._preprocess([str(target_id)], plans_name, env, str(target_id))
+        targets = [str(int(target)) for _, target in pairs]
+        self._preprocess(targets, plans_name, env, "_".join(targets))
 
     def _preprocess(self, ids: list[str], plans_name: str, env: dict, tag: str) -> None:
         self._run(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", plans_name, "-c", CONFIGURATION,
@@ -334,7 +343,7 @@ class NnUNetBackend:
             train(self.paths, dataset_id, plans_name=plans_name, configuration=CONFIGURATION, fold="all",
                   epochs=net.epochs, iterations_per_epoch=net.iterations_per_epoch,
                   val_iterations=net.val_iterations, initial_lr=net.initial_lr, device=self.device,
-                  continue_training=resume, threads=self.threads, nice=self.nice)
+                  continue_training=resume, threads=self.threads, n_proc_da=self.da_workers, nice=self.nice)
             return
         command = [sys.executable, "-m", "training.nnunet_ddp", "--num-gpus", str(self.num_gpus),
                    "--preprocessed-dataset", str(find_dataset_folder(self.paths.preprocessed, dataset_id)),
@@ -342,7 +351,7 @@ class NnUNetBackend:
                    "--epochs", str(net.epochs), "--iterations", str(net.iterations_per_epoch),
                    "--val-iterations", str(net.val_iterations), "--initial-lr", repr(net.initial_lr),
                    "--device", "cuda", *(["--continue-training"] if resume else [])]
-        env = self.paths.env(threads=self.threads)
+        env = self.paths.env(threads=self.threads, n_proc_da=self.da_workers)
         env.update({"MASTER_ADDR": "localhost", "MASTER_PORT": str(_free_port())})
         run_command(command, env, log_path=self.paths.logs / f"{dataset_id}_{plans_name}_ddp_train.log", cwd=REPO_ROOT)
 
@@ -374,6 +383,7 @@ class Unit:
     run: Callable[[bool], dict]  # resume -> result (JSON)
     outputs: Callable[[], list[Path]] = lambda: []
     resumable: bool = False
+    concurrent: bool = False  # may run beside other concurrent units (see execute_units)
 
 
 def _digest(payload) -> str:
@@ -404,18 +414,25 @@ class StateStore:
         self.path(name, started).unlink(missing_ok=True)
 
 
-def execute_units(units: Sequence[Unit], store: StateStore, *, steps: Iterable[str], redo: Iterable[str] = ()
-                  ) -> list[dict]:
+def execute_units(units: Sequence[Unit], store: StateStore, *, steps: Iterable[str], redo: Iterable[str] = (),
+                  parallel: int = 1) -> list[dict]:
     """Run the selected steps' units in order; skip the done ones, redo the stale ones.
 
+    parallel > 1: consecutive `concurrent` units (the per-organ tumor trainings) that do not depend
+    on each other run in up to `parallel` threads at once (each is a subprocess; on one GPU four
+    small nnU-Net trainings keep it far busier than one). A failure in one still lets the others of
+    its batch finish (their markers are written) before the error is raised.
+
     Raises DriverError when a selected unit depends on a unit that is not done (or stale) and not
-    selected. Returns one record per unit: ran / skipped (done) / stale / not done.
+    selected. Returns one record per unit, in unit order: ran / skipped (done) / stale / not done.
     """
     steps, redo = set(steps), set(redo)
     run_ids: dict[str, str | None] = {}
     needs_steps: dict[str, set[str]] = {}  # unit not done -> the steps that would have to run for it
-    report = []
-    for unit in units:
+    records: dict[str, dict] = {}
+
+    def plan(unit: Unit) -> tuple[str, bool] | None:
+        """None when the unit is done or not selected (its record written); else (key, resume)."""
         marker = None if unit.step in redo else store.load(unit.name)
         missing = [d for d in unit.depends if run_ids.get(d) is None]
         needs_steps[unit.name] = {unit.step}.union(*(needs_steps[d] for d in missing))
@@ -423,21 +440,23 @@ def execute_units(units: Sequence[Unit], store: StateStore, *, steps: Iterable[s
                                             "upstream": {d: run_ids[d] for d in unit.depends}})
         if marker is not None and key is not None and marker.get("key") == key:
             run_ids[unit.name] = marker["run_id"]
-            report.append({"unit": unit.name, "step": unit.step, "status": "skipped", "seconds": 0.0})
+            records[unit.name] = {"unit": unit.name, "step": unit.step, "status": "skipped", "seconds": 0.0}
             log.info("%-22s done, skipped", unit.name)
-            continue
+            return None
         run_ids[unit.name] = None
         if unit.step not in steps:
             status = "stale" if store.load(unit.name) is not None else "not done"
-            report.append({"unit": unit.name, "step": unit.step, "status": status, "seconds": 0.0})
-            continue
+            records[unit.name] = {"unit": unit.name, "step": unit.step, "status": status, "seconds": 0.0}
+            return None
         if missing:
             wanted = sorted(set().union(*(needs_steps[d] for d in missing)) - steps, key=STEPS.index)
             raise DriverError(f"{unit.name} (step {unit.step}) needs {', '.join(missing)}, which "
                               f"{'is' if len(missing) == 1 else 'are'} not done or stale; add "
                               f"{'step' if len(wanted) == 1 else 'steps'} {','.join(wanted)} to --steps")
         started = store.load(unit.name, started=True)
-        resume = unit.resumable and started is not None and started.get("key") == key
+        return key, unit.resumable and started is not None and started.get("key") == key
+
+    def execute(unit: Unit, key: str, resume: bool) -> None:
         store.remove(unit.name)
         if not resume:
             for path in unit.outputs():
@@ -447,14 +466,39 @@ def execute_units(units: Sequence[Unit], store: StateStore, *, steps: Iterable[s
         start = time.perf_counter()
         result = unit.run(resume)
         seconds = round(time.perf_counter() - start, 1)
-        run_ids[unit.name] = uuid.uuid4().hex
-        store.save(unit.name, {"unit": unit.name, "step": unit.step, "key": key, "run_id": run_ids[unit.name],
+        run_id = uuid.uuid4().hex
+        store.save(unit.name, {"unit": unit.name, "step": unit.step, "key": key, "run_id": run_id,
                                "params": unit.params, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "seconds": seconds, "result": result})
         store.remove(unit.name, started=True)
-        report.append({"unit": unit.name, "step": unit.step, "status": "ran", "seconds": seconds})
+        run_ids[unit.name] = run_id
+        records[unit.name] = {"unit": unit.name, "step": unit.step, "status": "ran", "seconds": seconds}
         log.info("%-22s finished in %.1f s", unit.name, seconds)
-    return report
+
+    index = 0
+    while index < len(units):
+        unit = units[index]
+        index += 1
+        planned = plan(unit)
+        if planned is None:
+            continue
+        batch = [(unit, *planned)]
+        while parallel > 1 and unit.concurrent and index < len(units) and units[index].concurrent \
+                and not set(units[index].depends) & {u.name for u, _, _ in batch}:
+            planned = plan(units[index])
+            if planned is not None:
+                batch.append((units[index], *planned))
+            index += 1
+        if len(batch) == 1:
+            execute(*batch[0])
+            continue
+        log.info("running %s side by side (up to %d at once)", ", ".join(u.name for u, _, _ in batch), parallel)
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = [pool.submit(execute, *item) for item in batch]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+    return [records[u.name] for u in units if u.name in records]
 
 
 def _remove(path: Path) -> None:
@@ -483,7 +527,8 @@ class Driver:
         if self.backend is None:
             self.backend = NnUNetBackend(self.work / "nnunet", device=self.options.device,
                                          num_gpus=self.options.num_gpus, threads=self.options.threads,
-                                         processes=self.options.processes, nice=self.options.nice)
+                                         processes=self.options.processes, nice=self.options.nice,
+                                         da_workers=self.options.da_workers)
         self.store = StateStore(self.work / "state")
 
     # ---- folders
@@ -520,7 +565,7 @@ class Driver:
         for organ in preset.tumor_organs:
             units.append(Unit(f"tumor1_{ORGAN_NAMES[organ]}", "2", ("tumor_plan",), {"net": net(preset.tumor)},
                               self.tumor_trainer(organ, first_round=True),
-                              self.tumor_outputs(organ, first_round=True), resumable=True))
+                              self.tumor_outputs(organ, first_round=True), resumable=True, concurrent=True))
         round_one = tuple(f"tumor1_{ORGAN_NAMES[o]}" for o in preset.tumor_organs)
         # step 3 mimics the cascade up to the tumor crops: organ post-processing, aorta crop, margins
         # (the contrast switch and the inference-time tumor filter play no part in it)
@@ -533,7 +578,7 @@ class Driver:
         for organ in preset.tumor_organs:
             units.append(Unit(f"tumor2_{ORGAN_NAMES[organ]}", "4", ("tumor2_plan",), {"net": net(preset.tumor)},
                               self.tumor_trainer(organ, first_round=False),
-                              self.tumor_outputs(organ, first_round=False), resumable=True))
+                              self.tumor_outputs(organ, first_round=False), resumable=True, concurrent=True))
         round_two = tuple(f"tumor2_{ORGAN_NAMES[o]}" for o in preset.tumor_organs)
         export_params = {"cascade": cascade, "preset": preset.as_dict(), "weights": str(self.weights)}
         units.append(Unit("export", "export", ("data", "organ", "pseudo_tumors", *round_two), export_params,
@@ -671,7 +716,7 @@ class Driver:
             if plans_from is None:
                 self.backend.plan_and_preprocess([dataset_id], plans_name, net)
             else:
-                self.backend.reuse_plans(plans_from, dataset_id, plans_name)
+                self.backend.reuse_plans([(plans_from, dataset_id)], plans_name)
         self.backend.train(dataset_id, plans_name, net, resume=prepared)
         self.backend.export(dataset_id, plans_name, dest)
 
@@ -815,14 +860,15 @@ class Driver:
 
     # ---- step 4
     def run_tumor2_plan(self, _resume: bool) -> dict:
-        counts = {}
+        counts, pairs = {}, []
         for organ in self.trainable_organs():
             real, pseudo = self.crop_entries("step2", organ), self.crop_entries("step3", organ)
             name = "".join(w.title() for w in ORGAN_NAMES[organ].split("_"))
             self.backend.write_dataset(TUMOR_ID_BASE[organ] + 10, f"FlareTumor{name}Pseudo", real + pseudo,
                                        TUMOR_LABELS)
-            self.backend.reuse_plans(TUMOR_ID_BASE[organ], TUMOR_ID_BASE[organ] + 10, TUMOR_PLANS)
+            pairs.append((TUMOR_ID_BASE[organ], TUMOR_ID_BASE[organ] + 10))
             counts[ORGAN_NAMES[organ]] = {"real_crops": len(real), "pseudo_crops": len(pseudo)}
+        self.backend.reuse_plans(pairs, TUMOR_PLANS)
         return counts
 
     # ---- export and evaluation
@@ -981,6 +1027,6 @@ def run(options: RunOptions, *, steps: Iterable[str] = STEPS, redo: Iterable[str
         raise DriverError(f"unknown step(s) {unknown}; steps are {', '.join(STEPS)}")
     driver = Driver(options, backend)
     driver.work.mkdir(parents=True, exist_ok=True)
-    report = execute_units(driver.units(), driver.store, steps=steps, redo=redo)
+    report = execute_units(driver.units(), driver.store, steps=steps, redo=redo, parallel=options.parallel)
     _write_json(driver.p("run_report.json"), {"command": options.command, "units": report})
     return report
