@@ -1,15 +1,12 @@
 #!/bin/sh
 # GPU check for a lent GPU machine (device tool), sized to finish within about 5 minutes:
 #   run: sh benchmarks/gpu_check.sh   (from the repository root on the GPU machine)
-# That machine has CUDA, torch and cupy but no network: the other runtime packages come as wheels
-# carried in .gpu_wheels/ (make them here: see BENCHMARKS.md, "GPU check").
+# That machine has CUDA, torch and cupy but no network: benchmarks/gpu_session.sh installs the other
+# runtime packages from the carried .whl/ (benchmarks/gpu_wheels.sh makes it) and then calls this.
 set -eu
 OUT_DIR="${OUT:-/tmp/gpu_check_out}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
-if [ -d .gpu_wheels ]; then
-    "$PY" -m pip install -q --no-index --find-links .gpu_wheels --no-deps .gpu_wheels/*.whl
-fi
 "$PY" -c "import torch, SimpleITK, cc3d, scipy, dynamic_network_architectures, pynvml, psutil, tqdm; \
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv || true
