@@ -365,6 +365,21 @@ def test_cli_validates_its_arguments(tmp_path, capsys, monkeypatch):
     assert "unknown field" in capsys.readouterr().err
     assert main(base + ["--steps", "2"]) == 2  # step 2 before the data and step 1
     assert "add steps data,1 to --steps" in capsys.readouterr().err
+    for bad in (["--parallel", "0"], ["--da-workers", "-1"]):
+        with pytest.raises(SystemExit):
+            main(base + bad)
+
+
+def test_single_device_training_gets_its_augmentation_workers(tmp_path, monkeypatch):
+    import training.nnunet as nnunet
+
+    captured = {}
+    monkeypatch.setattr(nnunet, "run_command", lambda command, env, **kw: captured.update(command=command, env=env))
+    backend = NnUNetBackend(tmp_path / "nn", device="cuda", da_workers=4, threads=2)
+    (backend.paths.preprocessed / "Dataset311_T").mkdir(parents=True)
+    backend.train(311, "P", SMOKE.tumor)
+    assert captured["env"]["nnUNet_n_proc_DA"] == "4" and captured["env"]["OMP_NUM_THREADS"] == "2"
+    assert captured["command"][captured["command"].index("--device") + 1] == "cuda"
 
 
 def test_multi_gpu_training_goes_through_nnunet_ddp(tmp_path, monkeypatch):
