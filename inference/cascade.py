@@ -14,6 +14,7 @@ by an organ rule.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -106,10 +107,12 @@ def apply_slab_crop(labels: np.ndarray, crop: SlabCrop) -> np.ndarray:
 
 def aorta_median_hu(volume: np.ndarray, organs: np.ndarray, geometry: Geometry,
                     params: CascadeParameters) -> float | None:
+    """Median HU of the aorta, clamped like every network input (`sanitize_hu`) but on the
+    aorta's voxels only, so the scan needs no clamped copy."""
     aorta = organs == AORTA
     if np.count_nonzero(aorta) < max(1, voxels_for_mm3(params.aorta_min_mm3, geometry)):
         return None
-    return float(np.median(volume[aorta]))
+    return float(np.median(sanitize_hu(volume[aorta])))
 
 
 # ---------------------------------------------------------------- tumor crops
@@ -234,6 +237,10 @@ class CascadeSegmenter:
     `organ_stage` / `tumor_stage_fns` ({host organ label: callable}) replace the models the
     manifest names (tests); which tumor stages exist and whether they need contrast always comes
     from the manifest. After each case `last_case_info` describes what the cascade decided.
+
+    Every stage sees HU clamped by `sanitize_hu`. The scan itself is never copied whole for that:
+    the organ model clamps slab by slab in its preprocessing, tumor stages get clamped copies of
+    their crops, and only an injected organ stage is handed a clamped copy of the whole scan.
     """
 
     def __init__(self, manifest: Manifest, options: EngineOptions | None = None, *,
@@ -250,6 +257,7 @@ class CascadeSegmenter:
         if tumor_stage_fns is not None and set(tumor_stage_fns) != set(hosts):
             raise ValueError(f"tumor_stage_fns serve organs {sorted(tumor_stage_fns)}, "
                              f"the manifest's stages {sorted(hosts)}")
+        self._organ_stage_clamps = organ_stage is None  # a model stage clamps while preprocessing
         self.organ_stage = organ_stage or self._load(manifest.organ_folder)
         self.tumor_stage_fns = dict(tumor_stage_fns) if tumor_stage_fns is not None else {
             stage.organ: self._load(stage.folder, stage) for stage in self.tumor_stages}
@@ -260,7 +268,7 @@ class CascadeSegmenter:
         model = load_model(folder, device=self.options.device)
         if tumor_stage is not None:
             _check_tumor_model(model, tumor_stage)
-        return ModelRunner(model, self.options).segment
+        return functools.partial(ModelRunner(model, self.options).segment, clamp_hu=True)
 
     def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
         if tuple(volume.shape) != geometry.shape:
@@ -271,16 +279,17 @@ class CascadeSegmenter:
                 "stage_seconds": stage_seconds}
         self.last_case_info = info
         with timer("organ_network"):
-            hu = sanitize_hu(volume)
-            organs = _as_organ_labels(self._run(self.organ_stage, hu, geometry, stage_seconds.setdefault("organ", {}),
-                                                "organ stage"))
+            organ_input = volume if self._organ_stage_clamps else sanitize_hu(volume)
+            organs = _as_organ_labels(self._run(self.organ_stage, organ_input, geometry,
+                                                stage_seconds.setdefault("organ", {}), "organ stage"))
+            del organ_input
         with timer("postprocess"):
             organs = postprocess_organs(organs, self.params.organ_postprocessing)
         with timer("aorta_crop"):
-            organs = self._aorta_step(hu, organs, geometry, info)
+            organs = self._aorta_step(volume, organs, geometry, info)
         tumor = np.zeros(geometry.shape, dtype=bool)
         for stage in self.tumor_stages:
-            self._tumor_step(stage, hu, organs, geometry, tumor, info, timer)
+            self._tumor_step(stage, volume, organs, geometry, tumor, info, timer)
         with timer("merge"):
             return merge_tumor(organs, tumor)
 
@@ -290,20 +299,20 @@ class CascadeSegmenter:
         finally:
             release_gpu_cache(self.options.device)
 
-    def _aorta_step(self, hu, organs, geometry, info) -> np.ndarray:
+    def _aorta_step(self, volume, organs, geometry, info) -> np.ndarray:
         crop = aorta_crop(organs, geometry, self.params)
         if crop is None:
             log.info("no aorta found (under %.0f mm3): no cranio-caudal crop, scan taken as not contrast-enhanced",
                      self.params.aorta_min_mm3)
             return organs
-        median = aorta_median_hu(hu, organs, geometry, self.params)
+        median = aorta_median_hu(volume, organs, geometry, self.params)
         info.update(aorta_found=True, aorta_median_hu=median, z_crop=crop.as_dict(),
                     contrast_enhanced=median >= self.params.contrast_hu_threshold)
         log.info("aorta crop: axis %d, slices [%d, %d); aorta median %.0f HU -> %s", crop.axis, crop.start,
                  crop.stop, median, "contrast-enhanced" if info["contrast_enhanced"] else "not contrast-enhanced")
         return apply_slab_crop(organs, crop)
 
-    def _tumor_step(self, stage: TumorStage, hu, organs, geometry, tumor, info, timer: Timer) -> None:
+    def _tumor_step(self, stage: TumorStage, volume, organs, geometry, tumor, info, timer: Timer) -> None:
         name = LABEL_NAMES[stage.organ]
         if stage.needs_contrast and not info["contrast_enhanced"]:
             info["tumor_stages_skipped"][name] = "not contrast-enhanced"
@@ -314,7 +323,7 @@ class CascadeSegmenter:
             if box is None:
                 info["tumor_stages_skipped"][name] = "organ absent"
                 return
-            crop = hu[box]
+            crop = sanitize_hu(volume[box])
             output = self._run(self.tumor_stage_fns[stage.organ], crop, geometry,
                                info["stage_seconds"].setdefault(name, {}), f"tumor stage for {name}")
             found = _tumor_mask(output, name)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inference.export import EXPORT_METHODS, export_labels
+from inference.export import EXPORT_METHODS, SlabExport, export_labels
 from inference.model import LoadedModel
 from inference.preprocessing import Preprocessed, preprocess
-from inference.sliding_window import PRECISIONS, predict_sliding_window
+from inference.sliding_window import PRECISIONS, predict_sliding_window, sliding_window_slabs
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +75,23 @@ class _TimedStep:
 
 
 class ModelRunner:
-    """Runs one loaded nnU-Net model with the engine's options."""
+    """Runs one loaded nnU-Net model with the engine's options.
+
+    `clamp_hu=True` (per call): the input is CT as read, clamped to the physical HU range as part
+    of preprocessing (`preprocessing.sanitize_hu`), so callers need no clamped copy of the scan.
+    """
 
     def __init__(self, model: LoadedModel, options: EngineOptions):
         self.model = model.to(options.device)
         self.options = options
         self.config = model.config
 
-    def predict_logits(self, volume: np.ndarray, spacing, timings: dict[str, float]) -> tuple[torch.Tensor, Preprocessed]:
+    def predict_logits(self, volume: np.ndarray, spacing, timings: dict[str, float],
+                       clamp_hu: bool = False) -> tuple[torch.Tensor, Preprocessed]:
         timer = Timer(timings)
         device = self.options.device
         with timer("preprocess"):
-            pre = preprocess(volume, spacing, self.config, device=device)
+            pre = preprocess(volume, spacing, self.config, device=device, clamp_hu=clamp_hu)
         with timer("network"):
             logits = self._sliding_window(pre.data)
             if device.type == "cuda":
@@ -106,11 +111,34 @@ class ModelRunner:
             return predict_sliding_window(self.model, data, self.config.patch_size, self.config.num_classes,
                                           accumulate_device="cpu", **kwargs)
 
-    def segment(self, volume: np.ndarray, spacing, timings: dict[str, float]) -> np.ndarray:
+    def segment(self, volume: np.ndarray, spacing, timings: dict[str, float], clamp_hu: bool = False) -> np.ndarray:
         """Labels (uint8, label values of the model's dataset.json) on the grid of `volume`."""
-        logits, pre = self.predict_logits(volume, spacing, timings)
+        if self.options.device.type != "cuda":
+            return self._segment_by_slabs(volume, spacing, timings, clamp_hu)
+        logits, pre = self.predict_logits(volume, spacing, timings, clamp_hu)
         with Timer(timings)("export"):
             labels = export_labels(logits, pre, self.config.transpose_backward, self.options.export,
                                    self.config.label_values)
         del logits
         return labels
+
+    def _segment_by_slabs(self, volume: np.ndarray, spacing, timings: dict[str, float], clamp_hu: bool) -> np.ndarray:
+        """The CPU path: logits stream from the sliding window into the export z-slab by z-slab,
+        so host memory holds a patch-deep slab of the logit map instead of all of it, whatever
+        the scan's length. Labels equal the whole-map path's up to float rounding (SlabExport)."""
+        timer = Timer(timings)
+        with timer("preprocess"):
+            pre = preprocess(volume, spacing, self.config, device=self.options.device, clamp_hu=clamp_hu)
+        exporter = SlabExport(pre, pre.data.shape[1:], self.options.export)
+        slabs = sliding_window_slabs(self.model, pre.data, self.config.patch_size, self.config.num_classes,
+                                     step_size=self.options.step_size, precision=self.options.precision)
+        while True:
+            with timer("network"):
+                item = next(slabs, None)
+            if item is None:
+                break
+            with timer("export"):
+                exporter.add(*item)
+            del item
+        with timer("export"):
+            return exporter.labels(self.config.transpose_backward, self.config.label_values)

@@ -122,11 +122,24 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape,
     products on the window, whichever is cheaper (`plane_kernel` forces one, for tests); both
     give the same values.
     """
-    in_shape = tuple(logits.shape[1:])
-    box = _foreground_box(argmax_channels(logits))
+    return _interpolate_outputs(logits, 0, tuple(logits.shape[1:]), tuple(out_shape), (0, out_shape[0]), plane_kernel)
+
+
+def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shape, out_z: tuple[int, int],
+                         plane_kernel: bool | None = None) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+    """Labels for output slices out_z[0]..out_z[1]-1 (all of y and x) of resizing a map of
+    `in_shape` to `out_shape`, when `rows` holds the map's rows from `row_offset` on, including
+    every row those outputs read. Returns the labels inside their foreground window and the
+    window's slices in the output grid (None: all background).
+    """
+    box = _foreground_box(argmax_channels(rows))
     if box is None:
         return np.zeros((0, 0, 0), np.uint8), None
+    box = ((box[0][0] + row_offset, box[0][1] + row_offset), *box[1:])
     window = [output_span(i, o, lo, hi) for i, o, (lo, hi) in zip(in_shape, out_shape, box)]
+    window[0] = (max(window[0][0], out_z[0]), min(window[0][1], out_z[1]))
+    if window[0][0] >= window[0][1]:
+        return np.zeros((0, 0, 0), np.uint8), None
     (z0, z1), (y0, y1), (x0, x1) = window
     if plane_kernel is None:
         plane_kernel = _plane_kernel_pays(in_shape[1:], out_shape[1:], (y1 - y0, x1 - x0))
@@ -138,13 +151,13 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape,
         (sy0, sy1), (sx0, sx1) = (source_range_for_output(i, o, a, b) for i, o, (a, b)
                                   in zip(in_shape[1:], out_shape[1:], window[1:]))
         plane_elements = (y1 - y0) * (x1 - x0)
-    classes = logits.shape[0]
+    classes = rows.shape[0]
     slab = max(1, SLAB_BYTES // max(classes * plane_elements * 4 * 3, 1))  # slab, y pass, x pass
     labels = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=np.uint8)
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
         sz0, sz1 = source_range_for_output(in_shape[0], out_shape[0], start, stop)
-        part = logits[:, sz0:sz1, sy0:sy1, sx0:sx1].float()
+        part = rows[:, sz0 - row_offset:sz1 - row_offset, sy0:sy1, sx0:sx1].float()
         part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0)
         if plane_kernel:
             part = _resize_plane(part, out_shape[1:])[:, :, y0:y1, x0:x1]
@@ -156,7 +169,11 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape,
 
 
 def logits_to_labels_nearest(logits: torch.Tensor, out_shape) -> np.ndarray:
-    low = argmax_channels(logits)
+    return upsample_labels_nearest(argmax_channels(logits), out_shape)
+
+
+def upsample_labels_nearest(low: torch.Tensor, out_shape) -> np.ndarray:
+    """Model-resolution labels -> labels on `out_shape` by nearest-exact."""
     if tuple(low.shape) == tuple(out_shape):
         return low.cpu().numpy()
     return resample_torch(low, tuple(out_shape), mode="nearest").cpu().numpy()
@@ -165,8 +182,7 @@ def logits_to_labels_nearest(logits: torch.Tensor, out_shape) -> np.ndarray:
 def export_labels(logits: torch.Tensor, pre: Preprocessed, transpose_backward, method: str = "logits",
                   label_values: list[int] | None = None) -> np.ndarray:
     """Labels (uint8) on the original input grid from model-resolution logits of one case."""
-    if method not in EXPORT_METHODS:
-        raise ValueError(f"export method must be one of {EXPORT_METHODS}, got {method!r}")
+    _check_method(method)
     full = np.zeros(pre.transposed_shape, dtype=np.uint8)
     if method == "logits":
         labels, window = logits_to_labels_interpolated(logits, pre.crop.shape)
@@ -175,6 +191,91 @@ def export_labels(logits: torch.Tensor, pre: Preprocessed, transpose_backward, m
             crop_view[window] = labels
     else:
         full[pre.crop.slices] = logits_to_labels_nearest(logits, pre.crop.shape)
+    return _input_grid(full, transpose_backward, label_values)
+
+
+def _check_method(method: str) -> None:
+    if method not in EXPORT_METHODS:
+        raise ValueError(f"export method must be one of {EXPORT_METHODS}, got {method!r}")
+
+
+def _input_grid(full: np.ndarray, transpose_backward, label_values: list[int] | None) -> np.ndarray:
+    """Class indices in the transposed layout -> label values in the input's axis order."""
     if label_values is not None and label_values != list(range(len(label_values))):
         full = np.asarray(label_values, dtype=np.uint8)[full]  # class index -> label value
     return np.ascontiguousarray(full.transpose(transpose_backward))
+
+
+class SlabExport:
+    """`export_labels` for logits that arrive as z-slabs in order (`sliding_window_slabs`), so the
+    model-resolution map of all classes never exists whole.
+
+    `add(z0, slab)` takes model-resolution rows z0.. and labels every output slice whose source
+    rows have all arrived; rows no later output reads are dropped, so at most one slab plus the
+    rows one output slice reads are held. "argmax" keeps only the uint8 argmax per slab.
+
+    Labels equal `export_labels` on the whole map up to float rounding: each group of output
+    slices gets its own foreground window (exact, by the convexity argument of the module
+    docstring), and a different window can change the order of the additions in the in-plane
+    pass or pick the other in-plane kernel (tests/test_export.py measures the agreement).
+    """
+
+    def __init__(self, pre: Preprocessed, model_shape, method: str = "logits"):
+        _check_method(method)
+        self.pre, self.method = pre, method
+        self.in_shape, self.out_shape = tuple(int(s) for s in model_shape), tuple(pre.crop.shape)
+        self.full = np.zeros(pre.transposed_shape, dtype=np.uint8)
+        self.crop_labels = self.full[pre.crop.slices]  # a view: labels land in the input-sized array
+        self.low = np.zeros(self.in_shape, dtype=np.uint8) if method == "argmax" else None
+        self.source_start, self.source_stop = _source_rows(self.in_shape[0], self.out_shape[0])
+        self.rows: torch.Tensor | None = None
+        self.row_offset = 0  # model-resolution z index of self.rows[:, 0]
+        self.arrived = 0  # rows received so far
+        self.done = 0  # output slices labelled so far
+
+    def add(self, z0: int, slab: torch.Tensor) -> None:
+        if z0 != self.arrived or slab.shape[1] == 0:
+            raise ValueError(f"slabs must arrive in order and non-empty: expected z0 = {self.arrived}, got {z0}")
+        self.arrived += slab.shape[1]
+        if self.low is not None:
+            self.low[z0:self.arrived] = argmax_channels(slab).cpu().numpy()
+            return
+        self.rows = slab if self.rows is None else torch.cat([self.rows, slab], dim=1)
+        ready = int(np.searchsorted(self.source_stop, self.arrived, side="right"))
+        if ready > self.done:
+            self._label_outputs(self.done, ready)
+            self.done = ready
+        self._drop_read_rows()
+
+    def _label_outputs(self, out_start: int, out_stop: int) -> None:
+        first, last = int(self.source_start[out_start]), int(self.source_stop[out_stop - 1])
+        rows = self.rows[:, first - self.row_offset:last - self.row_offset]
+        labels, window = _interpolate_outputs(rows, first, self.in_shape, self.out_shape, (out_start, out_stop))
+        if window is not None:
+            self.crop_labels[window] = labels
+
+    def _drop_read_rows(self) -> None:
+        keep_from = int(self.source_start[self.done]) if self.done < self.out_shape[0] else self.arrived
+        if keep_from > self.row_offset:
+            self.rows = self.rows[:, keep_from - self.row_offset:].clone()  # clone: let the old rows go
+            self.row_offset = keep_from
+
+    def labels(self, transpose_backward, label_values: list[int] | None = None) -> np.ndarray:
+        """Labels (uint8) on the original input grid, once every slab has arrived."""
+        if self.arrived != self.in_shape[0]:
+            raise ValueError(f"{self.arrived} of {self.in_shape[0]} model-resolution rows arrived")
+        if self.low is not None:
+            self.crop_labels[...] = upsample_labels_nearest(torch.from_numpy(self.low), self.out_shape)
+        return _input_grid(self.full, transpose_backward, label_values)
+
+
+def _source_rows(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output index along z: first and one-past-last input index it reads
+    (`source_range_for_output` for every output at once; both are non-decreasing)."""
+    if in_size == out_size:
+        index = np.arange(out_size, dtype=np.int64)
+        return index, index + 1
+    if out_size > in_size:
+        lo, hi, _ = linear_source_weights(in_size, out_size)
+        return lo, hi + 1
+    return area_bins(in_size, out_size)

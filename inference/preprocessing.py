@@ -17,6 +17,7 @@ from inference.resampling import compute_new_shape, resample_torch
 
 # HU outside this range is not tissue: scanner padding (-32768, -3024) and metal streak extremes.
 HU_FLOOR, HU_CEILING = -1024.0, 3071.0
+SLAB_VOXELS = 2**24  # input voxels per preprocessing slab: 64 MB of float32, 64 slices of 512x512
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,64 @@ def normalize(volume: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 
 def preprocess(volume: np.ndarray, spacing: tuple[float, ...], config: ModelConfig,
-               device: torch.device | str = "cpu") -> Preprocessed:
-    """Original (z, y, x) HU array + spacing -> network input at model spacing on `device`."""
+               device: torch.device | str = "cpu", clamp_hu: bool = False) -> Preprocessed:
+    """Original (z, y, x) HU array + spacing -> network input at model spacing on `device`.
+
+    `clamp_hu=True` gives the result of `preprocess(sanitize_hu(volume), ...)` without that
+    full-size copy. On the CPU, element-wise normalisations and the in-plane resampling run slab
+    by slab along the first axis, so no full-resolution float copy of the scan is made (the
+    whole-volume path held three: the clipped, centred and scaled arrays, 1 GB each for a
+    512x512x1000 CT); the values are those of the whole-volume path, bit for bit. CUDA and the
+    cases the slabs cannot reproduce exactly keep the whole-volume path.
+    """
     transposed = volume.transpose(config.transpose_forward)
     spacing_t = tuple(spacing[i] for i in config.transpose_forward)
     crop = nonzero_box(transposed)
-    normalized = normalize(transposed[crop.slices], config)
     target_shape = compute_new_shape(crop.shape, spacing_t, config.spacing)
+    if torch.device(device).type == "cpu" and _slabs_are_exact(config, crop.shape, target_shape):
+        tensor = _normalize_resample_by_slabs(transposed[crop.slices], config, target_shape, clamp_hu)[None]
+    else:
+        tensor = _normalize_resample_whole(transposed, crop, config, target_shape, clamp_hu, device)
+    return Preprocessed(tensor, tuple(volume.shape), tuple(transposed.shape), crop, spacing_t)
+
+
+def _normalize_resample_whole(transposed: np.ndarray, crop: CropBox, config: ModelConfig, target_shape,
+                              clamp_hu: bool, device) -> torch.Tensor:
+    """The original path: the whole crop at once. Clamps before cropping, as the callers used
+    to, because z-scoring sums over a view of the clamped volume in its memory order."""
+    if clamp_hu:
+        transposed = sanitize_hu(transposed)
+    normalized = normalize(transposed[crop.slices], config)
     tensor = torch.from_numpy(np.ascontiguousarray(normalized)).to(device)[None]
     if tuple(target_shape) != crop.shape:
         tensor = resample_torch(tensor, target_shape, mode="linear")
-    return Preprocessed(tensor, tuple(volume.shape), tuple(transposed.shape), crop, spacing_t)
+    return tensor
+
+
+def _slabs_are_exact(config: ModelConfig, shape, target_shape) -> bool:
+    """Slabs give the whole-volume values when normalisation is element-wise (z-scoring needs
+    the whole volume's mean and std) and `resample_torch` would not resize z before the planes:
+    it resizes the planes first when both change and the plane-resized intermediate is the
+    smaller one (its rule in `_linear_volume`); with only one of them changing there is one pass."""
+    if config.normalization == "ZScoreNormalization":
+        return False
+    (nz, ny, nx), (mz, my, mx) = shape, target_shape
+    return nz == mz or (ny, nx) == (my, mx) or nz * my * mx <= mz * ny * nx
+
+
+def _normalize_resample_by_slabs(cropped: np.ndarray, config: ModelConfig, target_shape,
+                                 clamp_hu: bool) -> torch.Tensor:
+    """(Z', Y', X') float32: per slab of input slices clamp, normalise and resize the planes
+    into a (Z, Y', X') array, then resize z once (same passes as `resample_torch`)."""
+    nz = cropped.shape[0]
+    planes = torch.empty((nz, *target_shape[1:]), dtype=torch.float32)
+    step = max(1, SLAB_VOXELS // max(cropped.shape[1] * cropped.shape[2], 1))
+    for z0 in range(0, nz, step):
+        slab = cropped[z0:z0 + step]
+        slab = normalize(sanitize_hu(slab) if clamp_hu else slab, config)
+        slab = torch.from_numpy(np.ascontiguousarray(slab, dtype=np.float32))
+        planes[z0:z0 + step] = (resample_torch(slab, (slab.shape[0], *target_shape[1:]), mode="linear")
+                                if tuple(slab.shape[1:]) != tuple(target_shape[1:]) else slab)
+    if nz == target_shape[0]:
+        return planes
+    return resample_torch(planes, target_shape, mode="linear")

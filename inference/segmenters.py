@@ -13,7 +13,6 @@ from inference.engine import EngineOptions, ModelRunner
 from inference.geometry import Geometry
 from inference.manifest import is_manifest_folder, load_manifest
 from inference.model import ModelError, load_model
-from inference.preprocessing import sanitize_hu
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
@@ -23,7 +22,7 @@ class SingleModelSegmenter:
         self.runner = runner
 
     def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
-        return self.runner.segment(sanitize_hu(volume), geometry.spacing, timings)
+        return self.runner.segment(volume, geometry.spacing, timings, clamp_hu=True)
 
 
 def build_segmenter(model_path, options: EngineOptions):

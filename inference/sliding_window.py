@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Callable
 
@@ -110,3 +111,59 @@ def predict_sliding_window(network: Callable[[torch.Tensor], torch.Tensor], volu
             weights[tile] += gaussian_acc
     logits /= weights.to(accumulate_dtype)
     return logits[(slice(None), *unpad)]
+
+
+@torch.inference_mode()
+def sliding_window_slabs(network: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
+                         patch_size, num_classes: int, *, step_size: float = 0.5, precision: str = "fp32",
+                         use_gaussian: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+    """`predict_sliding_window`'s logits, yielded as finished z-slabs: (z0, logits[:, z0:z1]) in order.
+
+    Tiles run in the same z-major order and every voxel receives the same additions and the same
+    division, so the concatenated slabs equal `predict_sliding_window`'s float32 result bit for
+    bit. Tile starts only grow along z, so rows above the next tile's start are final: they are
+    normalised and handed out, and only a patch-deep accumulator is ever held. Memory is therefore
+    the same for 100 or 10000 slices (the full map of a 512x512x1000 CT is 3.7 GB for 14 classes).
+    Autocast wraps the network call alone: it must not leak into the consumer while we are suspended.
+    """
+    compute_device = volume.device
+    padded, unpad = pad_to_patch(volume, patch_size)
+    spatial = tuple(padded.shape[1:])
+    depth = int(patch_size[0])
+    accumulator = torch.zeros((num_classes, depth, *spatial[1:]), dtype=torch.float32, device=compute_device)
+    weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=compute_device)
+    gaussian = (gaussian_importance_map(patch_size, device=compute_device) if use_gaussian
+                else torch.ones(tuple(patch_size), device=compute_device))
+    origin = 0  # padded z index of the accumulator's first row
+    for tile in _tile_slices(compute_steps(spatial, patch_size, step_size), patch_size):
+        start = tile[0].start
+        if start > origin:
+            yield from _unpadded(origin, accumulator[:, :start - origin] / weights[:start - origin], unpad)
+            _shift_rows(accumulator, 1, start - origin)
+            _shift_rows(weights, 0, start - origin)
+            origin = start
+        with autocast_context(compute_device, precision):
+            prediction = network(padded[(slice(None), *tile)][None])[0]
+        local = (slice(0, depth), *tile[1:])
+        accumulator[(slice(None), *local)] += prediction.float() * gaussian
+        weights[local] += gaussian
+    yield from _unpadded(origin, accumulator[:, :spatial[0] - origin] / weights[:spatial[0] - origin], unpad)
+
+
+def _shift_rows(buffer: torch.Tensor, dim: int, count: int) -> None:
+    """Drop the first `count` rows along `dim`, move the rest to the front, zero the freed tail."""
+    keep = buffer.shape[dim] - count
+    if keep < 0:
+        raise AssertionError(f"tile stride {count} exceeds the patch depth {buffer.shape[dim]}")
+    if keep:
+        buffer.narrow(dim, 0, keep).copy_(buffer.narrow(dim, count, keep).clone())  # clone: ranges overlap
+    buffer.narrow(dim, keep, count).zero_()
+
+
+def _unpadded(origin: int, rows: torch.Tensor, unpad: tuple[slice, ...]) -> Iterator[tuple[int, torch.Tensor]]:
+    """The part of padded rows [origin, origin + len) inside the unpadded volume, in its coordinates."""
+    z_slice, y_slice, x_slice = unpad
+    first = max(origin, z_slice.start or 0)
+    last = min(origin + rows.shape[1], z_slice.stop if z_slice.stop is not None else origin + rows.shape[1])
+    if last > first:
+        yield first - (z_slice.start or 0), rows[:, first - origin:last - origin, y_slice, x_slice]

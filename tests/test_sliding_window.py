@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from inference.sliding_window import (compute_steps, gaussian_importance_map, pad_to_patch,
-                                      predict_sliding_window)
+                                      predict_sliding_window, sliding_window_slabs)
 
 
 def identity_network(num_classes):
@@ -87,3 +87,39 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close():
     half = predict_sliding_window(conv, volume, (8, 8, 8), 3, precision="bf16")
     assert half.dtype == torch.float32
     assert float((full - half).abs().max()) < 0.1
+
+
+# --------------------------------------------------------------------- z-slab streaming
+
+def _concatenated_slabs(network, volume, patch, classes, **kwargs):
+    slabs, expected_z0 = [], 0
+    for z0, slab in sliding_window_slabs(network, volume, patch, classes, **kwargs):
+        assert z0 == expected_z0 and 0 < slab.shape[1] <= patch[0]  # in order, never deeper than a patch
+        expected_z0 += slab.shape[1]
+        slabs.append(slab.clone())
+    return torch.cat(slabs, dim=1)
+
+
+@pytest.mark.parametrize("shape,patch,step", [
+    ((20, 33, 40), (8, 16, 16), 0.5),
+    ((5, 9, 9), (8, 8, 8), 0.5),       # padded in every axis: one slab, cropped back
+    ((17, 17, 17), (8, 8, 8), 0.7),
+    ((9, 30, 31), (9, 12, 10), 1.0),   # one tile deep
+    ((33, 20, 20), (6, 8, 8), 0.3),    # many overlapping tiles along z
+])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_slabs_equal_the_whole_map_bit_for_bit(shape, patch, step, precision):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+    volume = torch.randn(1, *shape)
+    whole = predict_sliding_window(conv, volume, patch, 3, step_size=step, precision=precision)
+    slabs = _concatenated_slabs(conv, volume, patch, 3, step_size=step, precision=precision)
+    assert torch.equal(slabs, whole)
+
+
+def test_autocast_does_not_leak_into_the_consumer():
+    """The generator is suspended between slabs: the caller's export must run in plain fp32."""
+    seen = []
+    for _ in sliding_window_slabs(lambda b: b, torch.randn(1, 24, 8, 8), (8, 8, 8), 1, precision="bf16"):
+        seen.append(torch.is_autocast_enabled("cpu"))
+    assert seen and not any(seen)
