@@ -184,21 +184,16 @@ DEMO = Preset(
 # its per-epoch overhead small). A first run with 600/2000/800 iterations did not learn the organs
 # (Dice 0), so this schedule is 1500/5000/1200: about 700 s, two calls of benchmarks/gpu_session.sh
 # (the driver resumes) with SKIP_CHECK=1.
-GPU = Preset(
+GPU = dataclasses.replace(
+    DEMO,
     name="gpu",
     description="The demo's small networks and synthetic phantoms with a schedule for one GPU in about 12 "
                 "minutes (organ 5000 iterations, tumor 1200 each). Not a usable model for real CT.",
-    organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=15, iterations_per_epoch=100,
-                              spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=4),
-    organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=50, iterations_per_epoch=100,
-                        spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=4),
-    tumor=NetworkPreset(patch_size=(24, 48, 64), batch_size=4, epochs=12, iterations_per_epoch=100,
-                        spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=4),
-    data=SyntheticData(n_labeled=12, n_partial=10, n_tumor_only=8, n_unlabeled=14, n_validation=8, seed=2023,
-                       max_voxels=1_200_000, random_geometry=True, tumor_probability=0.7),
-    cascade=scaled_cascade(DEMO_PATIENT_SCALE),
-    pseudo_tumor_min_mm3=round(PUBLIC_PSEUDO_TUMOR_MIN_MM3 * DEMO_PATIENT_SCALE ** 3, 3),
-    use_real_ct=True,
+    organ_first=dataclasses.replace(DEMO.organ_first, epochs=15, iterations_per_epoch=100, val_iterations=4),
+    organ=dataclasses.replace(DEMO.organ, epochs=50, iterations_per_epoch=100, val_iterations=4),
+    tumor=dataclasses.replace(DEMO.tumor, epochs=12, iterations_per_epoch=100, val_iterations=4),
+    data=dataclasses.replace(DEMO.data, n_labeled=12, n_partial=10, n_tumor_only=8, n_unlabeled=14,
+                             n_validation=8),
 )
 
 SMOKE = Preset(
