@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from inference.io import write_text_atomic
+from inference.io import read_image, to_sitk, write_image_atomic, write_labels, write_text_atomic
 from training.labels import TUMOR_HOSTS
 from training.presets import CONTRAST_ORGANS, ORGAN_NAMES, NetworkPreset, Preset
 
@@ -163,8 +163,6 @@ def _kind_from_annotation(annotated: Iterable[int]) -> str:
 
 
 def read_label_map(path: Path, shape: Sequence[int] | None = None) -> np.ndarray:
-    from inference.io import read_image
-
     labels, _ = read_image(path)
     if shape is not None and tuple(labels.shape) != tuple(shape):
         raise DriverError(f"{path}: label map shape {labels.shape} differs from its image {tuple(shape)}")
@@ -175,8 +173,6 @@ def read_label_map(path: Path, shape: Sequence[int] | None = None) -> np.ndarray
 
 def write_image(path: Path, array: np.ndarray, geometry) -> None:
     """CT as int16 when its values are whole HU (they are after sanitising integer scans), else float32."""
-    from inference.io import to_sitk, write_image_atomic
-
     array = np.ascontiguousarray(array)
     if np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)) and array.size and \
             array.min() >= -32768 and array.max() <= 32767:
@@ -186,17 +182,8 @@ def write_image(path: Path, array: np.ndarray, geometry) -> None:
 
 
 def write_label_map(path: Path, labels: np.ndarray, geometry) -> None:
-    from inference.io import write_labels
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_labels(path, np.ascontiguousarray(labels, dtype=np.uint8), geometry)
-
-
-def read_canonical(path: Path):
-    """A canonical training image (already sanitised) and its geometry."""
-    from inference.io import read_image
-
-    return read_image(path)
 
 
 def canonicalise_case(image_path: Path, label_path: Path | None, out_image: Path, out_label: Path | None
@@ -289,7 +276,7 @@ class NnUNetBackend:
         from training.nnunet import derive_plans, find_dataset_folder
 
         ids = [str(int(i)) for i in dataset_ids]
-        env = self.paths.env(threads=self.threads, num_processes=self.processes, n_proc_da=max(1, self.processes))
+        env = self._planning_env()
         tag = "_".join(ids)
         self._run(["nnUNetv2_extract_fingerprint", "-d", *ids, "-np", str(self.processes)],
                   f"{tag}_fingerprint.log", env)
@@ -322,9 +309,13 @@ class NnUNetBackend:
             shutil.copyfile(source / "dataset_fingerprint.json", target / "dataset_fingerprint.json")
         if not pairs:
             return
-        env = self.paths.env(threads=self.threads, num_processes=self.processes, n_proc_da=max(1, self.processes))
+        env = self._planning_env()
         targets = [str(int(target)) for _, target in pairs]
         self._preprocess(targets, plans_name, env, "_".join(targets))
+
+    def _planning_env(self) -> dict[str, str]:
+        # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive
+        return self.paths.env(threads=self.threads, num_processes=self.processes, n_proc_da=max(1, self.processes))
 
     def _preprocess(self, ids: list[str], plans_name: str, env: dict, tag: str) -> None:
         self._run(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", plans_name, "-c", CONFIGURATION,
@@ -695,7 +686,7 @@ class Driver:
             raise DriverError("step 1 needs cases that annotate all 13 organs; none found")
         entries = []
         for case in cases:
-            image, geometry = read_canonical(Path(case.image))
+            image, geometry = read_image(Path(case.image))  # canonical, already sanitised
             target = organ_target(read_label_map(Path(case.label), image.shape))
             path = self.p("step1", "first_targets", f"{case.id}.nii.gz")
             write_label_map(path, target, geometry)
@@ -739,7 +730,7 @@ class Driver:
         runner = self.runner(self.model("organ_first"))
         filled, total, pseudo_cases = 0, 0, 0
         for case in self.training_cases():
-            image, geometry = read_canonical(Path(case.image))
+            image, geometry = read_image(Path(case.image))  # canonical, already sanitised
             real = read_label_map(Path(case.label), image.shape) if case.label else np.zeros(image.shape, np.uint8)
             if case.organs_complete:
                 target = organ_target(real)
@@ -768,7 +759,7 @@ class Driver:
         for case in self.training_cases():
             if not case.tumor_annotated:
                 continue
-            image, geometry = read_canonical(Path(case.image))
+            image, geometry = read_image(Path(case.image))  # canonical, already sanitised
             tumor = read_label_map(Path(case.label), image.shape) == TUMOR
             organs = read_label_map(self.p("step1", "targets", f"{case.id}.nii.gz"), image.shape)
             for organ in self.preset.tumor_organs:
@@ -834,7 +825,7 @@ class Driver:
                                   "removed": {}} for o in organs_trained}
         cases = [c for c in self.training_cases() if not c.tumor_annotated]
         for case in cases:
-            image, geometry = read_canonical(Path(case.image))
+            image, geometry = read_image(Path(case.image))  # canonical, already sanitised
             organs = postprocess_organs(organ_runner.segment(image, geometry.spacing, {}),
                                         self.params.organ_postprocessing)
             slab = aorta_crop(organs, geometry, self.params)
