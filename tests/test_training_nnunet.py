@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from training.nnunet import (
-    STRIPPED_CHECKPOINT_KEYS, NnUNetPaths, derive_plans, export_model_folder, plan_and_preprocess,
-    predict_with_nnunet, sha256_of, strip_checkpoint, train, unet_topology, write_raw_dataset,
+    STRIPPED_CHECKPOINT_KEYS, NnUNetPaths, canonical_class_names, default_features, derive_plans,
+    export_model_folder, plan_and_preprocess, predict_with_nnunet, sha256_of, strip_checkpoint, train, unet_topology,
+    write_raw_dataset,
 )
 
 SPACING = (2.5, 1.6, 1.6)  # z, y, x
@@ -60,6 +61,25 @@ def test_topology_rejects_too_many_stages_and_indivisible_patches():
         unet_topology((16, 32, 32), SPACING, 5)
     with pytest.raises(ValueError, match="not divisible"):
         unet_topology((16, 30, 30), SPACING, 3)
+
+
+def test_default_features_use_as_many_stages_as_the_patch_allows():
+    features = default_features((16, 32, 32), SPACING)
+    assert features == (32, 64, 128, 256)  # nnU-Net's width rule, 4 stages (5 is rejected above)
+    assert default_features((64, 512, 512), (1.0, 1.0, 1.0))[-1] == 320  # capped at 320
+    for patch in ((16, 30, 30), (24, 48, 64), (32, 80, 80)):
+        stages = len(default_features(patch, SPACING))
+        unet_topology(patch, SPACING, stages)
+        with pytest.raises(ValueError):
+            unet_topology(patch, SPACING, stages + 1)
+
+
+def test_canonical_class_names_replace_the_planner_aliases_only():
+    plans = {"configurations": {"3d_fullres": {"architecture": {"arch_kwargs": {
+        "nonlin": "torch.nn.LeakyReLU", "conv_op": "torch.nn.modules.conv.Conv3d", "n_stages": 4}}}}}
+    kwargs = canonical_class_names(plans)["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert kwargs == {"nonlin": "torch.nn.modules.activation.LeakyReLU", "conv_op": "torch.nn.modules.conv.Conv3d",
+                      "n_stages": 4}
 
 
 # ------------------------------------------------------------------------------------------
@@ -209,8 +229,8 @@ def trained_export(tmp_path_factory):
     cases = [(f"blob{i}", *write_blob_case(source, f"blob{i}", seed=i)) for i in range(3)]
     paths = NnUNetPaths(root / "nn")
     write_raw_dataset(paths, 901, "Blobs", cases, BLOB_LABELS)
-    plans_path = plan_and_preprocess(paths, 901, plans_name="TinyPlans", patch_size=(16, 32, 32), batch_size=2,
-                                     features_per_stage=(4, 8, 16))
+    [plans_path] = plan_and_preprocess(paths, 901, plans_name="TinyPlans", patch_size=(16, 32, 32), batch_size=2,
+                                       features_per_stage=(4, 8, 16))
     train(paths, 901, plans_name="TinyPlans", configuration="3d_fullres", fold="all", epochs=1,
           iterations_per_epoch=2, val_iterations=1)
     dest = root / "export"

@@ -209,36 +209,6 @@ def canonicalise_case(image_path: Path, label_path: Path | None, out_image: Path
 # nnU-Net
 
 
-def default_features(patch_size: Sequence[int], spacing: Sequence[float], max_stages: int = 7) -> tuple[int, ...]:
-    """nnU-Net's default width (32 doubling to 320) with as many stages as the patch allows."""
-    from training.nnunet import unet_topology
-
-    for stages in range(max_stages, 0, -1):
-        try:
-            unet_topology(patch_size, spacing, stages)
-        except ValueError:
-            continue
-        return tuple(min(32 * 2 ** i, 320) for i in range(stages))
-    raise DriverError(f"patch {tuple(patch_size)} allows no U-Net at spacing {tuple(spacing)}")
-
-
-# nnU-Net 2.8's planner names LeakyReLU by its short alias; the engine's allowlist (inference.model)
-# knows the class by its defining module. Both resolve to the same class in nnU-Net (pydoc.locate),
-# so the plans we write use the full name and the exported folders load everywhere.
-CLASS_NAME_ALIASES = {"torch.nn.LeakyReLU": "torch.nn.modules.activation.LeakyReLU",
-                      "torch.nn.ReLU": "torch.nn.modules.activation.ReLU"}
-
-
-def canonical_class_names(plans: dict) -> dict:
-    """Plans with every architecture building block named by its defining module."""
-    for config in plans["configurations"].values():
-        kwargs = config.get("architecture", {}).get("arch_kwargs", {})
-        for key, value in kwargs.items():
-            if isinstance(value, str) and value in CLASS_NAME_ALIASES:
-                kwargs[key] = CLASS_NAME_ALIASES[value]
-    return plans
-
-
 class NnUNetBackend:
     """Planning, preprocessing, training and export through nnU-Net (training.nnunet), each in a
     subprocess with an explicit environment. Several datasets are planned and preprocessed in one
@@ -251,14 +221,6 @@ class NnUNetBackend:
         self.paths = NnUNetPaths(root)
         self.device, self.num_gpus, self.threads, self.processes, self.nice = device, num_gpus, threads, processes, nice
         self.da_workers = da_workers
-
-    def _run(self, command: list[str], log_name: str, env: dict[str, str]) -> None:
-        from training.nnunet import nnunet_executable, run_command
-
-        command = [nnunet_executable(command[0]), *command[1:]]
-        if self.nice:
-            command = ["nice", "-n", str(self.nice), *command]
-        run_command(command, env, log_path=self.paths.logs / log_name)
 
     def remove_dataset(self, dataset_id: int) -> None:
         for base in (self.paths.raw, self.paths.preprocessed, self.paths.results):
@@ -273,29 +235,21 @@ class NnUNetBackend:
 
     def plan_and_preprocess(self, dataset_ids: Sequence[int], plans_name: str, net: NetworkPreset) -> None:
         """nnU-Net fingerprint + planning, our derived plans (training.nnunet.derive_plans), preprocessing."""
-        from training.nnunet import derive_plans, find_dataset_folder
+        from training.nnunet import plan_and_preprocess
 
-        ids = [str(int(i)) for i in dataset_ids]
-        env = self._planning_env()
-        tag = "_".join(ids)
-        self._run(["nnUNetv2_extract_fingerprint", "-d", *ids, "-np", str(self.processes)],
-                  f"{tag}_fingerprint.log", env)
-        self._run(["nnUNetv2_plan_experiment", "-d", *ids], f"{tag}_plan.log", env)
-        for dataset_id in dataset_ids:
-            folder = find_dataset_folder(self.paths.preprocessed, dataset_id)
-            default = json.loads((folder / "nnUNetPlans.json").read_text())
-            spacing = net.spacing or tuple(default["configurations"][CONFIGURATION]["spacing"])
-            features = net.features_per_stage or default_features(net.patch_size, spacing)
-            plans = derive_plans(default, plans_name=plans_name, configuration=CONFIGURATION, spacing=spacing,
-                                 patch_size=net.patch_size, batch_size=net.batch_size, features_per_stage=features)
-            (folder / f"{plans_name}.json").write_text(json.dumps(canonical_class_names(plans), indent=2))
-        self._preprocess(ids, plans_name, env, tag)
+        try:
+            plan_and_preprocess(self.paths, dataset_ids, plans_name=plans_name, configuration=CONFIGURATION,
+                                spacing=net.spacing, patch_size=net.patch_size, batch_size=net.batch_size,
+                                features_per_stage=net.features_per_stage, num_processes=self.processes,
+                                threads=self.threads, nice=self.nice)
+        except ValueError as error:  # a patch that allows no U-Net at the planned spacing
+            raise DriverError(str(error)) from error
 
     def reuse_plans(self, pairs: Sequence[tuple[int, int]], plans_name: str) -> None:
         """Preprocess each target dataset with the plans (and CT normalisation) of its source, as
         nnU-Net's move_plans_between_datasets does: same spacing, patch, network, intensity
         statistics. One nnU-Net call for all targets (each call costs seconds of start-up)."""
-        from training.nnunet import find_dataset_folder
+        from training.nnunet import find_dataset_folder, preprocess
 
         for source_id, target_id in pairs:
             source = find_dataset_folder(self.paths.preprocessed, source_id)
@@ -307,19 +261,9 @@ class NnUNetBackend:
             (target / f"{plans_name}.json").write_text(json.dumps(plans, indent=2))
             shutil.copyfile(raw / "dataset.json", target / "dataset.json")
             shutil.copyfile(source / "dataset_fingerprint.json", target / "dataset_fingerprint.json")
-        if not pairs:
-            return
-        env = self._planning_env()
-        targets = [str(int(target)) for _, target in pairs]
-        self._preprocess(targets, plans_name, env, "_".join(targets))
-
-    def _planning_env(self) -> dict[str, str]:
-        # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive
-        return self.paths.env(threads=self.threads, num_processes=self.processes, n_proc_da=max(1, self.processes))
-
-    def _preprocess(self, ids: list[str], plans_name: str, env: dict, tag: str) -> None:
-        self._run(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", plans_name, "-c", CONFIGURATION,
-                   "-np", str(self.processes)], f"{tag}_{plans_name}_preprocess.log", env)
+        if pairs:
+            preprocess(self.paths, [target for _, target in pairs], plans_name=plans_name, configuration=CONFIGURATION,
+                       num_processes=self.processes, threads=self.threads, nice=self.nice)
 
     def fold_folder(self, dataset_id: int, plans_name: str) -> Path:
         from training.nnunet import fold_folder

@@ -271,31 +271,86 @@ def _resolved_configuration(plans: dict, configuration: str) -> dict:
     return config
 
 
-def plan_and_preprocess(paths: NnUNetPaths, dataset_id: int, *, plans_name: str,
+def default_features(patch_size: Sequence[int], spacing: Sequence[float], max_stages: int = 7) -> tuple[int, ...]:
+    """nnU-Net's default width (32 doubling to 320) with as many stages as the patch allows."""
+    for stages in range(max_stages, 0, -1):
+        try:
+            unet_topology(patch_size, spacing, stages)
+        except ValueError:
+            continue
+        return tuple(min(32 * 2 ** i, 320) for i in range(stages))
+    raise ValueError(f"patch {tuple(patch_size)} allows no U-Net at spacing {tuple(spacing)}")
+
+
+# nnU-Net 2.8's planner names LeakyReLU by its short alias; the engine's allowlist (inference.model)
+# knows the class by its defining module. Both resolve to the same class in nnU-Net (pydoc.locate),
+# so the plans we write use the full name and the exported folders load everywhere.
+CLASS_NAME_ALIASES = {"torch.nn.LeakyReLU": "torch.nn.modules.activation.LeakyReLU",
+                      "torch.nn.ReLU": "torch.nn.modules.activation.ReLU"}
+
+
+def canonical_class_names(plans: dict) -> dict:
+    """Plans with every architecture building block named by its defining module (in place)."""
+    for config in plans["configurations"].values():
+        kwargs = config.get("architecture", {}).get("arch_kwargs", {})
+        for key, value in kwargs.items():
+            if isinstance(value, str) and value in CLASS_NAME_ALIASES:
+                kwargs[key] = CLASS_NAME_ALIASES[value]
+    return plans
+
+
+def plan_and_preprocess(paths: NnUNetPaths, dataset_ids: int | Sequence[int], *, plans_name: str,
                         configuration: str = "3d_fullres", spacing: Sequence[float] | None = None,
                         patch_size: Sequence[int] | None = None, batch_size: int | None = None,
-                        features_per_stage: Sequence[int] | None = None, n_stages: int | None = None,
-                        num_processes: int = 2) -> Path:
+                        features_per_stage: Sequence[int] | None = None, num_processes: int = 2,
+                        threads: int = 2, nice: int = 0) -> list[Path]:
     """Fingerprint, nnU-Net's planning, our derived plans `plans_name`, then nnU-Net preprocessing.
 
-    Returns the path of the derived plans file in the preprocessed dataset folder.
+    Several datasets share one call of each nnU-Net command (its -d takes a list; every call costs
+    seconds of start-up). Per dataset: spacing None keeps the planner's, features_per_stage None is
+    nnU-Net's width rule with as many stages as the patch allows (`default_features`).
+    Returns the derived plans files, in the order of `dataset_ids`.
     """
-    # The planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive.
-    env = paths.env(num_processes=num_processes, n_proc_da=max(1, num_processes))
-    did = str(int(dataset_id))
-    run_nnunet_command(["nnUNetv2_extract_fingerprint", "-d", did, "-np", str(num_processes), "--clean"], env,
-                       log_path=paths.logs / f"{did}_fingerprint.log")
-    run_nnunet_command(["nnUNetv2_plan_experiment", "-d", did], env, log_path=paths.logs / f"{did}_plan.log")
-    folder = find_dataset_folder(paths.preprocessed, dataset_id)
-    default_plans = json.loads((folder / "nnUNetPlans.json").read_text())
-    derived = derive_plans(default_plans, plans_name=plans_name, configuration=configuration, spacing=spacing,
-                           patch_size=patch_size, batch_size=batch_size,
-                           features_per_stage=features_per_stage, n_stages=n_stages)
-    plans_path = folder / f"{plans_name}.json"
-    plans_path.write_text(json.dumps(derived, indent=2))
-    run_nnunet_command(["nnUNetv2_preprocess", "-d", did, "-plans_name", plans_name, "-c", configuration,
-                        "-np", str(num_processes)], env, log_path=paths.logs / f"{did}_{plans_name}_preprocess.log")
-    return plans_path
+    ids = [int(dataset_ids)] if isinstance(dataset_ids, int) else [int(i) for i in dataset_ids]
+    if not ids:
+        raise ValueError("no dataset ids given")
+    env = planning_env(paths, num_processes=num_processes, threads=threads)
+    tag = "_".join(map(str, ids))
+    run_nnunet_command(["nnUNetv2_extract_fingerprint", "-d", *map(str, ids), "-np", str(num_processes), "--clean"],
+                       env, log_path=paths.logs / f"{tag}_fingerprint.log", nice=nice)
+    run_nnunet_command(["nnUNetv2_plan_experiment", "-d", *map(str, ids)], env,
+                       log_path=paths.logs / f"{tag}_plan.log", nice=nice)
+    written = []
+    for dataset_id in ids:
+        folder = find_dataset_folder(paths.preprocessed, dataset_id)
+        default_plans = json.loads((folder / "nnUNetPlans.json").read_text())
+        features = features_per_stage
+        if features is None and patch_size is not None:
+            planned_spacing = spacing or _resolved_configuration(default_plans, configuration)["spacing"]
+            features = default_features(patch_size, planned_spacing)
+        derived = derive_plans(default_plans, plans_name=plans_name, configuration=configuration,
+                               spacing=spacing, patch_size=patch_size, batch_size=batch_size,
+                               features_per_stage=features)
+        plans_path = folder / f"{plans_name}.json"
+        _write_json_atomic(plans_path, canonical_class_names(derived))
+        written.append(plans_path)
+    preprocess(paths, ids, plans_name=plans_name, configuration=configuration, num_processes=num_processes,
+               threads=threads, nice=nice)
+    return written
+
+
+def preprocess(paths: NnUNetPaths, dataset_ids: Sequence[int], *, plans_name: str, configuration: str = "3d_fullres",
+               num_processes: int = 2, threads: int = 2, nice: int = 0) -> None:
+    """nnU-Net's preprocessing of `dataset_ids` with the plans `plans_name` already in their folders."""
+    ids = [str(int(i)) for i in dataset_ids]
+    run_nnunet_command(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", plans_name, "-c", configuration,
+                        "-np", str(num_processes)], planning_env(paths, num_processes=num_processes, threads=threads),
+                       log_path=paths.logs / f"{'_'.join(ids)}_{plans_name}_preprocess.log", nice=nice)
+
+
+def planning_env(paths: NnUNetPaths, *, num_processes: int, threads: int) -> dict[str, str]:
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be positive
+    return paths.env(threads=threads, num_processes=num_processes, n_proc_da=max(1, num_processes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,8 +498,10 @@ def nnunet_executable(name: str) -> str:
     return found
 
 
-def run_nnunet_command(command: list[str], env: dict[str, str], *, log_path: Path | None = None) -> None:
-    run_command([nnunet_executable(command[0]), *command[1:]], env, log_path=log_path)
+def run_nnunet_command(command: list[str], env: dict[str, str], *, log_path: Path | None = None,
+                       nice: int = 0) -> None:
+    command = [nnunet_executable(command[0]), *command[1:]]
+    run_command(["nice", "-n", str(int(nice)), *command] if nice else command, env, log_path=log_path)
 
 
 def run_command(command: Iterable[str], env: dict[str, str], *, log_path: Path | None = None,
