@@ -1,6 +1,7 @@
 """Our engine against nnU-Net v2's own predictor, same model folder, same inputs, one session.
 
     python -m benchmarks.engine_vs_nnunet --model weights/organ --cases 1
+    python -m benchmarks.engine_vs_nnunet --model M --real-ct ../shared/data/real/TS_example_ct_0000.nii.gz
 
 Each run is a fresh process (imports and weight loading count, as in FLARE). Printed per case and
 in total: wall time, peak RSS of the process tree, GPU whole-device max memory when NVML sees a
@@ -57,6 +58,33 @@ def make_inputs(folder: Path, count: int, shape, spacing, seed: int) -> dict[str
     return truths
 
 
+def make_real_input(folder: Path, image_path: Path, label_path: Path, shape, spacing) -> dict[str, Path]:
+    """The real CT (and its labels) resampled onto the benchmark grid: `shape` (z, y, x) voxels of
+    `spacing` mm, centred on the scan, its direction kept; linear for HU, nearest for labels, air
+    (-1024 HU, label 0) outside the scan's field of view."""
+    (folder / "inputs").mkdir(parents=True, exist_ok=True)
+    (folder / "truth").mkdir(exist_ok=True)
+    case_id = image_path.name.removesuffix("_0000.nii.gz").removesuffix(".nii.gz")
+    image_out, truth_out = folder / "inputs" / f"{case_id}_0000.nii.gz", folder / "truth" / f"{case_id}.nii.gz"
+    if not (image_out.exists() and truth_out.exists()):
+        image = sitk.ReadImage(str(image_path))
+        size_xyz = [int(n) for n in reversed(shape)]
+        spacing_xyz = [float(s) for s in reversed(spacing)]
+        centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+        direction = np.array(image.GetDirection()).reshape(3, 3)
+        half = direction @ (np.array(spacing_xyz) * (np.array(size_xyz) - 1) / 2)
+        grid = sitk.Image(size_xyz, sitk.sitkUInt8)
+        grid.SetSpacing(spacing_xyz)
+        grid.SetDirection(image.GetDirection())
+        grid.SetOrigin(tuple(np.array(centre) - half))
+        resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+        labels = sitk.Resample(sitk.ReadImage(str(label_path)), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                               sitk.sitkUInt8)
+        sitk.WriteImage(resampled, str(image_out), True)
+        sitk.WriteImage(labels, str(truth_out), True)
+    return {case_id: truth_out}
+
+
 def timed_run(command: list[str], env: dict, gpu: GpuMemoryProbe | None) -> dict:
     log.info("running: %s", shlex.join(command))
     started = time.perf_counter()
@@ -81,7 +109,11 @@ def label_agreement(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
 
 def run(args) -> dict:
     work = Path(args.work)
-    truths = make_inputs(work, args.cases, args.shape, args.spacing, args.seed)
+    if args.real_ct is not None:
+        label = args.real_ct.parent / "labels" / args.real_ct.name.replace("_0000.nii.gz", ".nii.gz")
+        truths = make_real_input(work, args.real_ct, label, args.shape, args.spacing)
+    else:
+        truths = make_inputs(work, args.cases, args.shape, args.spacing, args.seed)
     env = {**os.environ, "nnUNet_raw": str(work / "nnunet_raw"), "nnUNet_preprocessed": str(work / "nnunet_pre"),
            "nnUNet_results": str(work / "nnunet_results"), "PYTHONPATH": str(REPO)}
     gpu = GpuMemoryProbe.open(0) if args.device != "cpu" else None
@@ -146,6 +178,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), help="z y x")
     parser.add_argument("--spacing", type=float, nargs=3, default=(2.5, 0.8, 0.8), help="z y x, mm")
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--real-ct", type=Path, default=None,
+                        help="instead of phantoms: this CT (<ID>_0000.nii.gz, labels in labels/<ID>.nii.gz beside "
+                             "it) resampled onto --shape/--spacing, e.g. ../shared/data/real/TS_example_ct_0000.nii.gz")
     parser.add_argument("--step-size", type=float, default=0.5)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--variants", nargs="*", choices=sorted(DEFAULT_VARIANTS), default=None)

@@ -43,9 +43,14 @@ def blob_logits(shape, classes=4, seed=0):
     ((20, 16, 16), (9, 33, 30)),    # z down (area), in-plane up
     ((11, 13, 9), (11, 13, 9)),     # identity
 ])
-@pytest.mark.parametrize("plane_kernel", [False, True, None])
-def test_cropped_slabwise_export_equals_full_interpolation(monkeypatch, in_shape, out_shape, plane_kernel):
+@pytest.mark.parametrize("plane_kernel,border_limit", [(False, 0.0), (True, 0.0), (None, 0.0), (None, 1.0)])
+def test_cropped_slabwise_export_equals_full_interpolation(monkeypatch, in_shape, out_shape, plane_kernel,
+                                                           border_limit):
+    """border_limit 0: every voxel of the window through the dense passes; 1: only border voxels
+    interpolated (where no axis shrinks)."""
     monkeypatch.setattr(export, "SLAB_BYTES", 1)  # one output slice per slab: the most chunked case
+    monkeypatch.setattr(export, "BOUNDARY_SHARE_LIMIT", border_limit)
+    monkeypatch.setattr(export, "BOUNDARY_CHUNK", 7)  # border voxels of several batches per slice
     logits = blob_logits(in_shape)
     labels, window = logits_to_labels_interpolated(logits, out_shape, plane_kernel=plane_kernel)
     ours = np.zeros(out_shape, np.uint8)
@@ -54,6 +59,50 @@ def test_cropped_slabwise_export_equals_full_interpolation(monkeypatch, in_shape
     disagreement = (ours != reference).mean()
     assert disagreement < 1e-4  # float-rounding ties only
     assert ours.any()
+
+
+@pytest.mark.parametrize("in_shape,out_shape", [((12, 16, 16), (12, 40, 41)), ((10, 14, 12), (25, 30, 29)),
+                                                ((6, 9, 7), (6, 9, 7))])
+@pytest.mark.parametrize("kind", ["blobs", "speckle"])
+def test_border_voxels_only_equal_the_dense_passes(monkeypatch, in_shape, out_shape, kind):
+    """Corners that agree decide the label (convexity); the rest is interpolated at the corners:
+    the same labels as interpolating every voxel, on smooth organs and on a speckled map whose
+    every voxel is a border voxel."""
+    logits = blob_logits(in_shape, classes=5, seed=4) if kind == "blobs" else torch.randn(5, *in_shape)
+    monkeypatch.setattr(export, "BOUNDARY_SHARE_LIMIT", 0.0)
+    dense, dense_window = logits_to_labels_interpolated(logits, out_shape)
+    monkeypatch.setattr(export, "BOUNDARY_SHARE_LIMIT", 1.0)
+    monkeypatch.setattr(export, "BOUNDARY_CHUNK", 5)
+    border, border_window = logits_to_labels_interpolated(logits, out_shape)
+    assert border_window == dense_window
+    assert (border != dense).mean() < 1e-4  # float-rounding ties only
+    reference = full_reference(logits, out_shape)
+    assert (border != reference[border_window]).mean() < 1e-4
+
+
+def test_border_shortcut_declines_maps_that_are_mostly_border():
+    logits = torch.randn(5, 8, 10, 10)
+    low = export.argmax_channels(logits)
+    window = ((0, 8), (0, 20), (0, 20))
+    assert export._boundary_labels(logits, low, 0, (8, 10, 10), (8, 20, 20), window, share_limit=0.3) is None
+    labels = export._boundary_labels(logits, low, 0, (8, 10, 10), (8, 20, 20), window, share_limit=1.0)
+    assert labels.shape == (8, 20, 20)
+
+
+def test_border_shortcut_reads_no_logits_where_corners_agree(monkeypatch):
+    """An organ-like map: only voxels between differently labelled corners are gathered."""
+    logits = torch.full((3, 6, 16, 16), -5.0)
+    logits[0] = 5
+    logits[1, 2:4, 2:14, 2:14] = 10  # a 2x12x12 block of class 1
+    gathered = []
+    original = export._gather_columns
+    monkeypatch.setattr(export, "BOUNDARY_SHARE_LIMIT", 1.0)
+    monkeypatch.setattr(export, "_gather_columns", lambda flat, index: gathered.append(len(index)) or original(flat, index))
+    labels, window = logits_to_labels_interpolated(logits, (6, 32, 32))
+    reference = full_reference(logits, (6, 32, 32))
+    np.testing.assert_array_equal(labels, reference[window])
+    border_voxels = gathered[0] if gathered else 0
+    assert 0 < border_voxels < labels.size / 2
 
 
 def test_no_foreground_gives_all_background():
