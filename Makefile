@@ -39,10 +39,10 @@ docker-test: venv
 
 # Regenerate the shipped weights/ from nothing: synthetic FLARE23-format data, the semi-supervised cascade
 # recipe (steps 1-4, nnU-Net on the CPU), export, evaluation on held-out cases and the pseudo-label ablation.
-# About 55 min on the 2-core dev machine (estimate in training/presets.py). Resumable: rerunning skips done
+# About an hour on the 2-core dev machine (estimate in training/presets.py). Resumable: rerunning skips done
 # steps; `rm -rf $(TRAIN_DIR)` starts over. Real FLARE23 on GPUs: see `python -m training --help` (preset paper).
 TRAIN_DIR ?= out/train
 .PHONY: weights
 weights: venv
 	$(PY) -m training --preset demo --make-data --data $(TRAIN_DIR)/data --work $(TRAIN_DIR)/work \
-		--weights weights --ablation --threads 1
+		--weights weights --ablation --threads 2

@@ -85,6 +85,23 @@ def make_real_input(folder: Path, image_path: Path, label_path: Path, shape, spa
     return {case_id: truth_out}
 
 
+def link_inputs(folder: Path, inputs: Path, truth: Path | None) -> dict[str, Path]:
+    """Existing cases (`<ID>_0000.nii.gz` in `inputs`, labels `<ID>.nii.gz` in `truth`) linked into
+    the benchmark's input folder as they are."""
+    (folder / "inputs").mkdir(parents=True, exist_ok=True)
+    truths = {}
+    for image in sorted(Path(inputs).glob("*_0000.nii.gz")):
+        case_id = image.name.removesuffix("_0000.nii.gz")
+        link = folder / "inputs" / image.name
+        if not link.exists():
+            link.symlink_to(image.resolve())
+        if truth is not None and (Path(truth) / f"{case_id}.nii.gz").exists():
+            truths[case_id] = Path(truth) / f"{case_id}.nii.gz"
+    if not any((folder / "inputs").iterdir()):
+        raise FileNotFoundError(f"{inputs}: no <ID>_0000.nii.gz cases")
+    return truths
+
+
 def timed_run(command: list[str], env: dict, gpu: GpuMemoryProbe | None) -> dict:
     log.info("running: %s", shlex.join(command))
     started = time.perf_counter()
@@ -109,7 +126,9 @@ def label_agreement(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
 
 def run(args) -> dict:
     work = Path(args.work)
-    if args.real_ct is not None:
+    if args.inputs is not None:
+        truths = link_inputs(work, args.inputs, args.truth)
+    elif args.real_ct is not None:
         label = args.real_ct.parent / "labels" / args.real_ct.name.replace("_0000.nii.gz", ".nii.gz")
         truths = make_real_input(work, args.real_ct, label, args.shape, args.spacing)
     else:
@@ -178,6 +197,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), help="z y x")
     parser.add_argument("--spacing", type=float, nargs=3, default=(2.5, 0.8, 0.8), help="z y x, mm")
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--inputs", type=Path, default=None,
+                        help="instead of phantoms: the <ID>_0000.nii.gz cases of this folder as they are")
+    parser.add_argument("--truth", type=Path, default=None, help="with --inputs: labels <ID>.nii.gz")
     parser.add_argument("--real-ct", type=Path, default=None,
                         help="instead of phantoms: this CT (<ID>_0000.nii.gz, labels in labels/<ID>.nii.gz beside "
                              "it) resampled onto --shape/--spacing, e.g. ../shared/data/real/TS_example_ct_0000.nii.gz")

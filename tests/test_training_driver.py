@@ -179,7 +179,7 @@ class FakeNnUNet:
             shutil.copyfile(plans, self._preprocessed(target_id) / f"{plans_name}.json")
             self.calls.append(("reuse", source_id, target_id))
 
-    def fold_folder(self, dataset_id, plans_name):
+    def fold_folder(self, dataset_id, plans_name, net):
         name = find_dataset_folder(self.paths.preprocessed, dataset_id).name
         return self.paths.results / name / f"nnUNetTrainer__{plans_name}__{CONFIGURATION}" / "fold_all"
 
@@ -187,16 +187,16 @@ class FakeNnUNet:
         from training.model_folders import make_model_folder
 
         labels = json.loads((find_dataset_folder(self.paths.raw, dataset_id) / "dataset.json").read_text())["labels"]
-        fold = self.fold_folder(dataset_id, plans_name)
+        fold = self.fold_folder(dataset_id, plans_name, net)
         make_model_folder(fold / "model", labels=labels, patch=(16, 32, 32), spacing=(4.0, 3.0, 3.0),
                           seed=dataset_id, bias_class=None)
         (fold / "checkpoint_final.pth").write_bytes(b"")
         self.calls.append(("train", dataset_id, net.epochs, resume))
 
-    def export(self, dataset_id, plans_name, dest):
+    def export(self, dataset_id, plans_name, net, dest):
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(self.fold_folder(dataset_id, plans_name) / "model", dest)
+        shutil.copytree(self.fold_folder(dataset_id, plans_name, net) / "model", dest)
 
     def trained(self):
         return sorted(c[1] for c in self.calls if c[0] == "train")
@@ -380,6 +380,23 @@ def test_single_device_training_gets_its_augmentation_workers(tmp_path, monkeypa
     backend.train(311, "P", SMOKE.tumor)
     assert captured["env"]["nnUNet_n_proc_DA"] == "4" and captured["env"]["OMP_NUM_THREADS"] == "2"
     assert captured["command"][captured["command"].index("--device") + 1] == "cuda"
+
+
+@pytest.mark.parametrize("num_gpus", [1, 2])
+def test_training_without_augmentation_uses_nnunet_noda_and_its_output_folder(tmp_path, monkeypatch, num_gpus):
+    import training.nnunet as nnunet
+
+    captured = {}
+    monkeypatch.setattr(nnunet, "run_command", lambda command, env, **kw: captured.update(command=command))
+    backend = NnUNetBackend(tmp_path / "nn", device="cuda" if num_gpus > 1 else "cpu", num_gpus=num_gpus)
+    (backend.paths.preprocessed / "Dataset311_T").mkdir(parents=True)
+    plain = dataclasses.replace(SMOKE.tumor, augmentation=False)
+    backend.train(311, "P", plain)
+    assert "--no-augmentation" in captured["command"]
+    assert backend.fold_folder(311, "P", plain).parent.name == "nnUNetTrainerNoDA__P__3d_fullres"
+    backend.train(311, "P", dataclasses.replace(plain, augmentation=True))
+    assert "--no-augmentation" not in captured["command"]
+    assert backend.fold_folder(311, "P", SMOKE.tumor).parent.name == "nnUNetTrainer__P__3d_fullres"
 
 
 def test_multi_gpu_training_goes_through_nnunet_ddp(tmp_path, monkeypatch):

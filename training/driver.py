@@ -265,38 +265,41 @@ class NnUNetBackend:
             preprocess(self.paths, [target for _, target in pairs], plans_name=plans_name, configuration=CONFIGURATION,
                        num_processes=self.processes, threads=self.threads, nice=self.nice)
 
-    def fold_folder(self, dataset_id: int, plans_name: str) -> Path:
+    def fold_folder(self, dataset_id: int, plans_name: str, net: NetworkPreset) -> Path:
         from training.nnunet import fold_folder
 
-        return fold_folder(self.paths, dataset_id, plans_name=plans_name, configuration=CONFIGURATION, fold="all")
+        return fold_folder(self.paths, dataset_id, plans_name=plans_name, configuration=CONFIGURATION, fold="all",
+                           augmentation=net.augmentation)
 
     def train(self, dataset_id: int, plans_name: str, net: NetworkPreset, *, resume: bool = False) -> None:
         from training.nnunet import find_dataset_folder, run_command, train
 
-        resume = resume and any(self.fold_folder(dataset_id, plans_name).glob("checkpoint_*.pth"))
+        resume = resume and any(self.fold_folder(dataset_id, plans_name, net).glob("checkpoint_*.pth"))
         if self.num_gpus <= 1:
             train(self.paths, dataset_id, plans_name=plans_name, configuration=CONFIGURATION, fold="all",
                   epochs=net.epochs, iterations_per_epoch=net.iterations_per_epoch,
                   val_iterations=net.val_iterations, initial_lr=net.initial_lr, device=self.device,
-                  continue_training=resume, threads=self.threads, n_proc_da=self.da_workers, nice=self.nice)
+                  continue_training=resume, threads=self.threads, n_proc_da=self.da_workers, nice=self.nice,
+                  augmentation=net.augmentation)
             return
         command = [sys.executable, "-m", "training.nnunet_ddp", "--num-gpus", str(self.num_gpus),
                    "--preprocessed-dataset", str(find_dataset_folder(self.paths.preprocessed, dataset_id)),
                    "--plans-name", plans_name, "--configuration", CONFIGURATION, "--fold", "all",
                    "--epochs", str(net.epochs), "--iterations", str(net.iterations_per_epoch),
                    "--val-iterations", str(net.val_iterations), "--initial-lr", repr(net.initial_lr),
-                   "--device", "cuda", *(["--continue-training"] if resume else [])]
+                   "--device", "cuda", *(["--continue-training"] if resume else []),
+                   *([] if net.augmentation else ["--no-augmentation"])]
         env = self.paths.env(threads=self.threads, n_proc_da=self.da_workers)
         env.update({"MASTER_ADDR": "localhost", "MASTER_PORT": str(_free_port())})
         run_command(command, env, log_path=self.paths.logs / f"{dataset_id}_{plans_name}_ddp_train.log", cwd=REPO_ROOT)
 
-    def export(self, dataset_id: int, plans_name: str, dest: Path) -> dict[str, str]:
+    def export(self, dataset_id: int, plans_name: str, net: NetworkPreset, dest: Path) -> dict[str, str]:
         from training.nnunet import export_model_folder
 
         if dest.exists():
             shutil.rmtree(dest)
         return export_model_folder(self.paths, dataset_id, plans_name=plans_name, configuration=CONFIGURATION,
-                                   fold="all", dest=dest)
+                                   fold="all", dest=dest, augmentation=net.augmentation)
 
 
 def _free_port() -> int:
@@ -642,7 +645,7 @@ class Driver:
     def train_model(self, dataset_id, name, entries, labels, plans_name, net, dest, *, resume=False,
                     plans_from: int | None = None) -> None:
         try:
-            fold = self.backend.fold_folder(dataset_id, plans_name)
+            fold = self.backend.fold_folder(dataset_id, plans_name, net)
         except FileNotFoundError:  # not preprocessed yet
             fold = None
         prepared = fold is not None and resume and any(fold.glob("checkpoint_*.pth"))
@@ -653,7 +656,7 @@ class Driver:
             else:
                 self.backend.reuse_plans([(plans_from, dataset_id)], plans_name)
         self.backend.train(dataset_id, plans_name, net, resume=prepared)
-        self.backend.export(dataset_id, plans_name, dest)
+        self.backend.export(dataset_id, plans_name, net, dest)
 
     def runner(self, folder: Path):
         """An engine model runner for pseudo labels (cached per folder)."""
@@ -749,11 +752,11 @@ class Driver:
             if organ not in self.trainable_organs():
                 return {"trained": False, "reason": "no tumor in the labelled crops"}
             dataset_id = TUMOR_ID_BASE[organ] + (0 if first_round else 10)
-            fold = self.backend.fold_folder(dataset_id, TUMOR_PLANS)
+            fold = self.backend.fold_folder(dataset_id, TUMOR_PLANS, self.preset.tumor)
             self.backend.train(dataset_id, TUMOR_PLANS, self.preset.tumor,
                                resume=resume and any(fold.glob("checkpoint_*.pth")))
             name = f"tumor{'1' if first_round else ''}_{ORGAN_NAMES[organ]}"
-            self.backend.export(dataset_id, TUMOR_PLANS, self.model(name))
+            self.backend.export(dataset_id, TUMOR_PLANS, self.preset.tumor, self.model(name))
             return {"trained": True, "iterations": self.preset.tumor.iterations}
         return run
 

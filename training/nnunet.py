@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAINER_NAME = "nnUNetTrainer"
+NO_AUGMENTATION_TRAINER_NAME = "nnUNetTrainerNoDA"  # nnU-Net's variant: its output folder carries this name
 MIN_FEATURE_MAP_SIZE = 4  # nnU-Net's UNet_featuremap_min_edge_length: a stride-2 axis needs >= 8 voxels
 ANISOTROPY_RATIO = 2.0  # nnU-Net: axes within a factor 2 of the finest spacing are pooled / get 3-wide kernels
 FILE_ENDING = ".nii.gz"
@@ -361,7 +362,7 @@ def train(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration
           fold: str | int = "all", epochs: int, iterations_per_epoch: int, val_iterations: int = 2,
           initial_lr: float = 0.01, device: str = "cpu", continue_training: bool = False,
           save_every: int = 5, final_validation: bool = False, threads: int = 2, n_proc_da: int = 0,
-          nice: int = 0) -> Path:
+          nice: int = 0, augmentation: bool = True) -> Path:
     """Train `nnUNetTrainer` (SGD Nesterov 0.99, poly lr, Dice+CE: nnU-Net's defaults) in a subprocess.
 
     Returns the fold's output folder (holding checkpoint_final.pth). `save_every` epochs a
@@ -376,6 +377,8 @@ def train(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration
                "--device", device, "--save-every", str(int(save_every))]
     if continue_training:
         command.append("--continue-training")
+    if not augmentation:
+        command.append("--no-augmentation")
     if final_validation:
         command.append("--final-validation")
     if nice:
@@ -383,14 +386,16 @@ def train(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration
     run_command(command, paths.env(threads=threads, n_proc_da=n_proc_da),
                 log_path=paths.logs / f"{int(dataset_id)}_{plans_name}_{configuration}_fold{fold}_train.log",
                 cwd=REPO_ROOT, append=continue_training)
-    return fold_folder(paths, dataset_id, plans_name=plans_name, configuration=configuration, fold=fold)
+    return fold_folder(paths, dataset_id, plans_name=plans_name, configuration=configuration, fold=fold,
+                       augmentation=augmentation)
 
 
 def fold_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration: str,
-                fold: str | int) -> Path:
-    """nnU-Net's output folder of one trained fold."""
+                fold: str | int, augmentation: bool = True) -> Path:
+    """nnU-Net's output folder of one trained fold (named after the trainer class)."""
     name = find_dataset_folder(paths.preprocessed, dataset_id).name
-    return paths.results / name / f"{TRAINER_NAME}__{plans_name}__{configuration}" / f"fold_{fold}"
+    trainer = TRAINER_NAME if augmentation else NO_AUGMENTATION_TRAINER_NAME
+    return paths.results / name / f"{trainer}__{plans_name}__{configuration}" / f"fold_{fold}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,8 +403,8 @@ def fold_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configu
 
 
 def export_model_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration: str,
-                        fold: str | int = "all", dest: Path, checkpoint: str = "checkpoint_final.pth"
-                        ) -> dict[str, str]:
+                        fold: str | int = "all", dest: Path, checkpoint: str = "checkpoint_final.pth",
+                        augmentation: bool = True) -> dict[str, str]:
     """Write `dest/plans.json`, `dest/dataset.json`, `dest/fold_<fold>/checkpoint_final.pth`.
 
     The checkpoint holds only what `nnUNetPredictor.initialize_from_trained_model_folder` reads:
@@ -409,7 +414,8 @@ def export_model_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str,
     """
     import torch  # only the export needs torch; planning and training run in subprocesses
 
-    source = fold_folder(paths, dataset_id, plans_name=plans_name, configuration=configuration, fold=fold)
+    source = fold_folder(paths, dataset_id, plans_name=plans_name, configuration=configuration, fold=fold,
+                         augmentation=augmentation)
     model_base = source.parent
     # Our own training output: it holds numpy scalars in its logs, so the full unpickler is needed.
     trained = torch.load(source / checkpoint, map_location="cpu", weights_only=False)

@@ -46,6 +46,10 @@ class NetworkPreset:
     features_per_stage: tuple[int, ...] | None = None
     val_iterations: int = 2
     initial_lr: float = 0.01
+    # False: nnU-Net's nnUNetTrainerNoDA (no spatial/intensity augmentation, no mirroring). The short
+    # CPU schedules use it: on the demo data a model without augmentation leaves nnU-Net's
+    # all-background start after about 1000 iterations (BENCHMARKS.md, "Training on this CPU").
+    augmentation: bool = True
 
     def __post_init__(self):
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
@@ -148,27 +152,32 @@ PAPER = Preset(
 # in-plane field of view 120 mm instead of about 385 mm), so the cascade's physical parameters and
 # the pseudo-label volume threshold are scaled by 0.3 (volumes by 0.027).
 DEMO_PATIENT_SCALE = 0.3
-# The demo budget, from nnU-Net's own epoch times on the 2-core dev machine while another engineer's
-# 2-thread training ran beside it (load ~3.5), one thread per process (`--threads 1`; two threads
-# were 3-5x slower there, OpenMP threads spinning against the other job):
-#   organ  patch 32x80x80 batch 2, 8-96 features:  1.14 s per iteration (25 it + 2 val = 28.6 s/epoch)
-#   tumor  patch 24x48x64 batch 4, 8-64 features:  0.70 s per iteration (20 it + 2 val = 14.2 s/epoch)
-#   per model: process start + nnU-Net set-up about 10 s; planning + preprocessing about 3 s per case
-#   plus 15 s per dataset (nnU-Net's spawned worker pools); pseudo labels / evaluation about 4 s a case.
-# Estimate: organ_first 6 x 28.6 s + 60 s = 4 min; organ 24 x 28.6 s + 100 s = 13 min; 8 tumor
-# models x (15 x 14.2 s + 8 s) = 29 min; planning of 8 tumor datasets 3 min; data, pseudo labels,
-# export, evaluation and ablation 5 min: about 55 min, under 90 with a margin for a slower machine.
-DEMO_BUDGET_MINUTES = 55
+# The demo budget. nnU-Net starts every model by predicting background everywhere and, on these
+# phantoms, the first organ (the liver) only leaves that plateau after about 1000 iterations
+# (measured: organ model without augmentation, 9 cases, SGD lr 0.01: patch pseudo Dice 0 up to
+# iteration 1050, then 0.49-0.85 for the liver from iteration 1100 on, every other organ still 0 at
+# 1500; with augmentation, with Adam 3e-3 or with lr 1e-3 still 0 after 250-625 iterations). So the
+# organ models get 2000 and 2500 iterations without augmentation (nnUNetTrainerNoDA: on these
+# varied phantoms the augmentation is not what limits them, and the plateau was measured without it).
+# Speed on the idle 2-core dev machine with 2 threads: 0.48 s per organ iteration (patch 32x80x80
+# batch 2, 8-96 features: 14 s per epoch of 25 iterations); tumor patch 24x48x64 batch 4, 8-64
+# features about 0.3 s. Estimate: organ models 4500 x 0.48 s = 36 min; 8 tumor models x (300 x 0.3 s
+# + 10 s start) = 13 min; data, planning and preprocessing, pseudo labels, export, evaluation and
+# ablation about 12 min: about 61 min, under 90 with a margin for a slower machine.
+DEMO_BUDGET_MINUTES = 61
 DEMO = Preset(
     name="demo",
-    description="Small networks, short schedule: the whole cascade on synthetic phantoms on a 2-core CPU "
-                "in at most 90 minutes (estimated 55). Not a usable model for real CT.",
-    organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=6, iterations_per_epoch=25,
-                              spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2),
-    organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=24, iterations_per_epoch=25,
-                        spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2),
+    description="Small networks, short schedule without augmentation: the whole cascade on synthetic phantoms "
+                "on a 2-core CPU in at most 90 minutes (estimated 61). Not a usable model for real CT.",
+    organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=40, iterations_per_epoch=50,
+                              spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
+                              augmentation=False),
+    organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=50, iterations_per_epoch=50,
+                        spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
+                        augmentation=False),
     tumor=NetworkPreset(patch_size=(24, 48, 64), batch_size=4, epochs=15, iterations_per_epoch=20,
-                        spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2),
+                        spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2,
+                        augmentation=False),
     data=SyntheticData(n_labeled=8, n_partial=8, n_tumor_only=4, n_unlabeled=10, n_validation=4, seed=2023,
                        max_voxels=1_200_000, random_geometry=True, tumor_probability=0.7),
     cascade=scaled_cascade(DEMO_PATIENT_SCALE),
@@ -177,13 +186,14 @@ DEMO = Preset(
 )
 
 # One GPU (the lent H100 of this workplace: 16 cores, 15 minutes of device time a session, at most
-# 10 a command): the demo's networks, phantom sizes and cascade scaling, with more cases and a longer
-# schedule, the tumor trainings side by side (`--parallel 4 --da-workers 4`). Measured on the H100
+# 10 a command): the demo's networks (without augmentation), phantom sizes and cascade scaling, with
+# more cases and a longer schedule, the tumor trainings side by side (`--parallel 4`). Measured on the H100
 # (BENCHMARKS.md): about 300 s of fixed cost (data, planning and preprocessing, process start-up,
 # pseudo labels) and 23 organ / 20 tumor iterations per second (nnU-Net epochs of 100 iterations keep
-# its per-epoch overhead small). A first run with 600/2000/800 iterations did not learn the organs
-# (Dice 0), so this schedule is 1500/5000/1200: about 700 s, two calls of benchmarks/gpu_session.sh
-# (the driver resumes) with SKIP_CHECK=1.
+# its per-epoch overhead small; that run had augmentation). A first run with 600/2000/800 iterations
+# did not learn the organs (Dice 0; the CPU measurement above puts the first organ at about 1000),
+# so this schedule is 1500/5000/1200: about 700 s, two calls of benchmarks/gpu_session.sh (the
+# driver resumes) with SKIP_CHECK=1.
 GPU = dataclasses.replace(
     DEMO,
     name="gpu",
@@ -199,10 +209,13 @@ GPU = dataclasses.replace(
 SMOKE = Preset(
     name="smoke",
     description="Tiny cases, 1 epoch x 2 iterations per model: proves the driver end to end (tests).",
+    # organ models without augmentation, tumor models with it: the test run covers both trainers
     organ_first=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
-                              spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1),
+                              spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1,
+                              augmentation=False),
     organ=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
-                        spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1),
+                        spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1,
+                        augmentation=False),
     tumor=NetworkPreset(patch_size=(8, 16, 16), batch_size=2, epochs=1, iterations_per_epoch=2,
                         spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8), val_iterations=1),
     data=SyntheticData(n_labeled=2, n_partial=1, n_tumor_only=1, n_unlabeled=1, n_validation=1, seed=7,
