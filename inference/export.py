@@ -215,17 +215,15 @@ def _boundary_labels(rows: torch.Tensor, low: torch.Tensor, row_offset: int, in_
     for first in range(0, border.shape[0], slices_per_batch):  # bounded index and gather memory
         z, y, x = torch.nonzero(border[first:first + slices_per_batch]).unbind(1)
         z = z + first
-        values = {}  # (iy, ix) corner -> classes x voxels, already interpolated along z
+        along_z = {}  # (y corner, x corner) -> classes x voxels, interpolated along z
         for iy, (y_index, _) in enumerate(y_corners):
             for ix, (x_index, _) in enumerate(x_corners):
                 offset = y_index[y] * width + x_index[x]
-                values[iy, ix] = _interpolate_pairs(
-                    [(_gather_columns(flat, z_index[z] * plane + offset), weight) for z_index, weight
-                     in ((z_index, None if weight is None else weight[z]) for z_index, weight in z_corners)])
-        along_y = [_interpolate_pairs([(values[iy, ix], None if weight is None else weight[y])
-                                       for iy, (_, weight) in enumerate(y_corners)]) for ix in range(len(x_corners))]
-        scores = _interpolate_pairs([(v, None if weight is None else weight[x])
-                                     for v, (_, weight) in zip(along_y, x_corners)])
+                along_z[iy, ix] = _interpolate_pairs([(_gather_columns(flat, z_index[z] * plane + offset), _at(w, z))
+                                                      for z_index, w in z_corners])
+        along_y = [_interpolate_pairs([(along_z[iy, ix], _at(w, y)) for iy, (_, w) in enumerate(y_corners)])
+                   for ix in range(len(x_corners))]
+        scores = _interpolate_pairs([(values, _at(w, x)) for values, (_, w) in zip(along_y, x_corners)])
         labels[z, y, x] = argmax_channels(scores)
     return labels.cpu().numpy()
 
@@ -242,6 +240,10 @@ def _all_equal(values: list[torch.Tensor], already: list[torch.Tensor] | None = 
     for flags in already or []:
         same &= flags
     return same
+
+
+def _at(weight: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if weight is None else weight[index]
 
 
 def _interpolate_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
