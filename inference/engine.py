@@ -10,7 +10,7 @@ import torch
 
 from inference.export import EXPORT_METHODS, SlabExport, export_labels
 from inference.model import LoadedModel
-from inference.preprocessing import Preprocessed, preprocess
+from inference.preprocessing import INPUT_RESAMPLINGS, Preprocessed, preprocess
 from inference.sliding_window import PRECISIONS, predict_sliding_window, sliding_window_slabs
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,15 @@ class EngineOptions:
     step_size: float = 0.5
     precision: str = "fp32"  # autocast of the network: fp32, bf16 (CPU) or fp16 (GPU)
     export: str = "logits"
+    input_resampling: str = "linear"  # or "nnunet": nnU-Net's spline resampling of the input (CPU, slower)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.export not in EXPORT_METHODS:
             raise ValueError(f"export must be one of {EXPORT_METHODS}, got {self.export!r}")
+        if self.input_resampling not in INPUT_RESAMPLINGS:
+            raise ValueError(f"input resampling must be one of {INPUT_RESAMPLINGS}, got {self.input_resampling!r}")
         if not 0 < self.step_size <= 1:
             raise ValueError(f"step size must be in (0, 1], got {self.step_size}")
 
@@ -91,7 +94,8 @@ class ModelRunner:
         timer = Timer(timings)
         device = self.options.device
         with timer("preprocess"):
-            pre = preprocess(volume, spacing, self.config, device=device, clamp_hu=clamp_hu)
+            pre = preprocess(volume, spacing, self.config, device=device, clamp_hu=clamp_hu,
+                             input_resampling=self.options.input_resampling)
         with timer("network"):
             logits = self._sliding_window(pre.data)
             if device.type == "cuda":
@@ -128,7 +132,8 @@ class ModelRunner:
         the scan's length. Labels equal the whole-map path's up to float rounding (SlabExport)."""
         timer = Timer(timings)
         with timer("preprocess"):
-            pre = preprocess(volume, spacing, self.config, device=self.options.device, clamp_hu=clamp_hu)
+            pre = preprocess(volume, spacing, self.config, device=self.options.device, clamp_hu=clamp_hu,
+                             input_resampling=self.options.input_resampling)
         exporter = SlabExport(pre, pre.data.shape[1:], self.options.export)
         slabs = sliding_window_slabs(self.model, pre.data, self.config.patch_size, self.config.num_classes,
                                      step_size=self.options.step_size, precision=self.options.precision)

@@ -61,6 +61,24 @@ _CHECKPOINT_SAFE_GLOBALS = [np.dtype, np._core.multiarray.scalar] + [
 
 
 @dataclass(frozen=True)
+class DataResampling:
+    """nnU-Net's `resample_data_or_seg_to_shape` settings for images (its defaults)."""
+    order: int = 3
+    order_z: int = 0
+    force_separate_z: bool | None = None
+
+    @classmethod
+    def from_plans(cls, kwargs: dict) -> "DataResampling":
+        order, order_z = kwargs.get("order", 3), kwargs.get("order_z", 0)
+        force = kwargs.get("force_separate_z")
+        if not (isinstance(order, int) and 0 <= order <= 5 and isinstance(order_z, int) and 0 <= order_z <= 5):
+            raise ModelError(f"resampling_fn_data_kwargs: spline orders must be integers 0..5, got {kwargs}")
+        if force is not None and not isinstance(force, bool):
+            raise ModelError(f"resampling_fn_data_kwargs: force_separate_z must be true, false or null, got {force!r}")
+        return cls(order, order_z, force)
+
+
+@dataclass(frozen=True)
 class IntensityProperties:
     mean: float
     std: float
@@ -82,6 +100,9 @@ class ModelConfig:
     labels: dict[str, int]
     num_classes: int
     allowed_mirroring_axes: tuple[int, ...] | None
+    # the plans' resampling_fn_data_kwargs: what nnU-Net's own input resampling does (order of the
+    # spline, order along the thick axis, forced separate z); used by input_resampling="nnunet"
+    data_resampling: DataResampling = DataResampling()
 
     @property
     def label_values(self) -> list[int]:
@@ -188,6 +209,7 @@ def read_model_config(folder: Path, configuration: str, allowed_mirroring_axes=N
         labels={k: int(v) for k, v in labels.items()},
         num_classes=len(labels),
         allowed_mirroring_axes=tuple(allowed_mirroring_axes) if allowed_mirroring_axes is not None else None,
+        data_resampling=DataResampling.from_plans(entry.get("resampling_fn_data_kwargs") or {}),
     )
 
 

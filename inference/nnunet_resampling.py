@@ -1,0 +1,85 @@
+"""nnU-Net's own image resampling (`resample_data_or_seg_to_shape` with is_seg=False), reproduced
+with scipy so that the engine can feed a network exactly what nnU-Net's predictor feeds it.
+
+Why it is written here and not imported: inference never imports nnunetv2 (DESIGN), and nnU-Net's
+function takes the whole volume in float64 plus a full coordinate grid for the thick axis. This
+one computes the same values slice by slice:
+- anisotropic scans (max/min spacing > 3, of the input or of the target, or forced by the plans):
+  every slice across the thick axis resized in-plane by skimage's `resize(order, mode="edge",
+  anti_aliasing=False)`, which is `scipy.ndimage.zoom(..., mode="nearest", grid_mode=True)` clipped
+  to the slice's value range; then the thick axis by `map_coordinates(order_z, mode="nearest")`
+  at half-pixel-centred coordinates (order 0: an index lookup);
+- otherwise one 3D `resize` of the whole volume.
+Values are computed in float64 and returned as float32, like nnU-Net's.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from inference.model import DataResampling
+
+ANISOTROPY_THRESHOLD = 3.0  # nnunetv2.configuration.ANISO_THRESHOLD
+
+
+def separate_axis(spacing: Sequence[float], target_spacing: Sequence[float],
+                  force_separate_z: bool | None) -> int | None:
+    """The axis nnU-Net resamples on its own (`determine_do_sep_z_and_axis`), or None."""
+    def thick_axes(values):
+        values = np.asarray(values, dtype=float)
+        return np.flatnonzero(values.max() / values == 1)
+
+    if force_separate_z is not None:
+        axes = thick_axes(spacing) if force_separate_z else None
+    elif np.max(spacing) / np.min(spacing) > ANISOTROPY_THRESHOLD:
+        axes = thick_axes(spacing)
+    elif np.max(target_spacing) / np.min(target_spacing) > ANISOTROPY_THRESHOLD:
+        axes = thick_axes(target_spacing)
+    else:
+        axes = None
+    return int(axes[0]) if axes is not None and len(axes) == 1 else None
+
+
+def resize_like_skimage(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """skimage.transform.resize(image, shape, order, mode="edge", anti_aliasing=False) of float64."""
+    factors = [out / size for out, size in zip(shape, image.shape)]
+    resized = ndimage.zoom(image, factors, order=order, mode="nearest", grid_mode=True)
+    if order > 0:  # skimage clips interpolated values to the input's range
+        np.clip(resized, image.min(), image.max(), out=resized)
+    return resized
+
+
+def resample_like_nnunet(volume: np.ndarray, target_shape: Sequence[int], spacing: Sequence[float],
+                         target_spacing: Sequence[float], settings: DataResampling = DataResampling()) -> np.ndarray:
+    """(Z, Y, X) float32 -> `target_shape` float32, nnU-Net's values for an image channel."""
+    target_shape = tuple(int(n) for n in target_shape)
+    if tuple(volume.shape) == target_shape:
+        return np.asarray(volume, dtype=np.float32)
+    axis = separate_axis(spacing, target_spacing, settings.force_separate_z)
+    if axis is None:
+        return resize_like_skimage(volume.astype(np.float64), target_shape, settings.order).astype(np.float32)
+    across = list(target_shape)
+    across[axis] = volume.shape[axis]
+    plane_shape = [n for i, n in enumerate(target_shape) if i != axis]
+    planes = np.empty(across, dtype=np.float64)
+    for index in range(volume.shape[axis]):
+        source = np.take(volume, index, axis=axis).astype(np.float64)
+        planes[(slice(None),) * axis + (index,)] = resize_like_skimage(source, plane_shape, settings.order)
+    if volume.shape[axis] == target_shape[axis]:
+        return planes.astype(np.float32)
+    return _resample_thick_axis(planes, axis, target_shape, settings.order_z).astype(np.float32)
+
+
+def _resample_thick_axis(planes: np.ndarray, axis: int, target_shape: tuple[int, ...], order_z: int) -> np.ndarray:
+    """nnU-Net's map_coordinates pass: coordinates scale * (i + 0.5) - 0.5 per axis (the in-plane
+    axes already have their size, so their coordinates are the integers themselves)."""
+    scale = planes.shape[axis] / target_shape[axis]
+    coordinate = scale * (np.arange(target_shape[axis]) + 0.5) - 0.5
+    if order_z == 0:  # scipy's order 0: floor(c + 0.5), clamped by mode "nearest"
+        index = np.clip(np.floor(coordinate + 0.5).astype(np.int64), 0, planes.shape[axis] - 1)
+        return np.take(planes, index, axis=axis)
+    grid = np.meshgrid(*[coordinate if a == axis else np.arange(n, dtype=float)
+                         for a, n in enumerate(target_shape)], indexing="ij")
+    return ndimage.map_coordinates(planes, np.array(grid), order=order_z, mode="nearest")

@@ -1,0 +1,49 @@
+"""nnU-Net's image resampling, reproduced with scipy: equal to nnU-Net's own function."""
+import numpy as np
+import pytest
+
+from inference.model import DataResampling, ModelError
+from inference.nnunet_resampling import resample_like_nnunet, separate_axis
+
+nnunet_resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+
+CASES = [  # (shape, spacing, target spacing): which path nnU-Net takes
+    ((20, 64, 64), (2.5, 0.8, 0.8), (3.0, 1.4, 1.4)),  # thick input slices: separate z, z down
+    ((12, 40, 40), (5.0, 0.7, 0.7), (2.5, 1.4, 1.4)),  # separate z, z up
+    ((20, 64, 64), (1.0, 0.8, 0.8), (3.0, 1.4, 1.4)),  # isotropic enough: one 3D spline
+    ((30, 40, 50), (1.0, 1.0, 1.0), (1.5, 0.7, 2.0)),  # 3D, mixed up and down
+    ((16, 40, 40), (1.0, 1.0, 1.0), (1.0, 4.0, 4.0)),  # anisotropic target: separate along z
+    ((18, 22, 26), (1.2, 0.9, 0.9), (1.2, 0.9, 0.9)),  # nothing to do
+]
+
+
+@pytest.mark.parametrize("shape,spacing,target_spacing", CASES)
+@pytest.mark.parametrize("settings", [DataResampling(), DataResampling(order_z=1), DataResampling(order=1),
+                                      DataResampling(force_separate_z=True), DataResampling(force_separate_z=False)])
+def test_equals_nnunet_resampling_bit_for_bit(shape, spacing, target_spacing, settings):
+    image = np.random.default_rng(sum(shape)).normal(size=shape).astype(np.float32)
+    image[:, :3] = -5  # flat regions and edges, like air around a body
+    target = [int(round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing)]
+    theirs = nnunet_resampling.resample_data_or_seg_to_shape(
+        image[None], target, spacing, target_spacing, is_seg=False, order=settings.order, order_z=settings.order_z,
+        force_separate_z=settings.force_separate_z)[0]
+    ours = resample_like_nnunet(image, target, spacing, target_spacing, settings)
+    assert ours.dtype == np.float32 and ours.shape == tuple(target)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("spacing,target,force", [
+    ((2.5, 0.8, 0.8), (3.0, 1.4, 1.4), None), ((1.0, 1.0, 1.0), (1.0, 4.0, 4.0), None),
+    ((1.0, 1.0, 1.0), (2.0, 1.0, 1.0), None), ((5.0, 5.0, 1.0), (1.0, 1.0, 1.0), None),
+    ((2.5, 0.8, 0.8), (1.0, 1.0, 1.0), True), ((2.5, 0.8, 0.8), (1.0, 1.0, 1.0), False)])
+def test_separate_axis_follows_nnunet(spacing, target, force):
+    do_separate, axis = nnunet_resampling.determine_do_sep_z_and_axis(force, spacing, target)
+    assert separate_axis(spacing, target, force) == (axis if do_separate else None)
+
+
+def test_plans_settings_are_validated():
+    assert DataResampling.from_plans({"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}) \
+        == DataResampling()
+    for bad in ({"order": 7}, {"order_z": "0"}, {"force_separate_z": "yes"}):
+        with pytest.raises(ModelError, match="resampling_fn_data_kwargs"):
+            DataResampling.from_plans(bad)
