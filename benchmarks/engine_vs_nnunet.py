@@ -36,8 +36,8 @@ DEFAULT_VARIANTS = {
     "ours-logits": ["--export", "logits"],
     "ours-argmax": ["--export", "argmax"],
     "ours-logits-bf16": ["--export", "logits", "--precision", "bf16"],
-    "ours-nnunet-resampling": ["--export", "logits", "--input-resampling", "nnunet"],
-    "ours-nnunet-resampling-bf16": ["--export", "logits", "--input-resampling", "nnunet", "--precision", "bf16"],
+    "ours-nnunet-resampling": ["--export", "logits", "--resampling", "nnunet"],
+    "ours-nnunet-resampling-bf16": ["--export", "logits", "--resampling", "nnunet", "--precision", "bf16"],
 }
 
 

@@ -29,7 +29,7 @@ def _step_size(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from inference.export import EXPORT_METHODS
-    from inference.preprocessing import INPUT_RESAMPLINGS
+    from inference.preprocessing import RESAMPLINGS
     from inference.sliding_window import PRECISIONS
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", choices=EXPORT_METHODS, default="logits",
                         help="logits: interpolate cropped logits then argmax (nnU-Net's result); "
                              "argmax: argmax at model resolution then nearest upsampling")
-    parser.add_argument("--input-resampling", choices=INPUT_RESAMPLINGS, default="linear",
-                        help="scan -> model spacing: linear (area down, linear up; fast) or nnunet (nnU-Net's own "
-                             "third-order spline, on the CPU: the network sees exactly what nnU-Net's predictor feeds it)")
+    parser.add_argument("--resampling", choices=RESAMPLINGS, default="fast",
+                        help="fast: scan -> model spacing by area down / linear up, logits back linearly; nnunet: "
+                             "nnU-Net's own resampling both ways (third-order spline on the CPU, nearest along the thick "
+                             "axis), for labels that match nnU-Net's predictor")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--report", type=Path, default=None,
                         help="JSON run report (default: OUTPUT/run_report.json; '-' disables)")
@@ -146,7 +147,7 @@ def run(args) -> int:
         device = resolve_device(args.device)
         options = EngineOptions(device=device, step_size=args.step_size,
                                 precision=args.precision or default_precision(device), export=args.export,
-                                input_resampling=args.input_resampling)
+                                resampling=args.resampling)
         with ThreadPoolExecutor(1) as prefetch:  # read the first case while the weights load
             first_read = prefetch.submit(read_case, cases[0])
             segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options)
@@ -210,7 +211,7 @@ def _write_report(args, options, reports, seconds: float) -> None:
         "model": str(args.model or "weights"),
         "options": {"device": str(options.device), "step_size": options.step_size,
                     "precision": options.precision, "export": options.export,
-                    "input_resampling": options.input_resampling,
+                    "resampling": options.resampling,
                     "canonical_orientation": not args.keep_orientation},
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
                     "failed": sum(r.status != "ok" for r in reports), "seconds": round(seconds, 2),

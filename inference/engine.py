@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inference.export import EXPORT_METHODS, SlabExport, export_labels
+from inference.export import EXPORT_METHODS, NO_NEAREST_AXES, SlabExport, export_labels
 from inference.model import LoadedModel
-from inference.preprocessing import INPUT_RESAMPLINGS, Preprocessed, preprocess
+from inference.nnunet_resampling import nearest_axes
+from inference.preprocessing import RESAMPLINGS, Preprocessed, preprocess
 from inference.sliding_window import PRECISIONS, predict_sliding_window, sliding_window_slabs
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,18 @@ class EngineOptions:
     step_size: float = 0.5
     precision: str = "fp32"  # autocast of the network: fp32, bf16 (CPU) or fp16 (GPU)
     export: str = "logits"
-    input_resampling: str = "linear"  # or "nnunet": nnU-Net's spline resampling of the input (CPU, slower)
+    # "fast": input area down / linear up, logits linear; "nnunet": nnU-Net's own resampling of the
+    # input (third-order spline on the CPU, seconds slower) and of the logits (nearest along the
+    # thick axis of anisotropic scans), so that labels match nnU-Net's predictor
+    resampling: str = "fast"
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.export not in EXPORT_METHODS:
             raise ValueError(f"export must be one of {EXPORT_METHODS}, got {self.export!r}")
-        if self.input_resampling not in INPUT_RESAMPLINGS:
-            raise ValueError(f"input resampling must be one of {INPUT_RESAMPLINGS}, got {self.input_resampling!r}")
+        if self.resampling not in RESAMPLINGS:
+            raise ValueError(f"resampling must be one of {RESAMPLINGS}, got {self.resampling!r}")
         if not 0 < self.step_size <= 1:
             raise ValueError(f"step size must be in (0, 1], got {self.step_size}")
 
@@ -95,7 +99,7 @@ class ModelRunner:
         device = self.options.device
         with timer("preprocess"):
             pre = preprocess(volume, spacing, self.config, device=device, clamp_hu=clamp_hu,
-                             input_resampling=self.options.input_resampling)
+                             resampling=self.options.resampling)
         with timer("network"):
             logits = self._sliding_window(pre.data)
             if device.type == "cuda":
@@ -115,6 +119,13 @@ class ModelRunner:
             return predict_sliding_window(self.model, data, self.config.patch_size, self.config.num_classes,
                                           accumulate_device="cpu", **kwargs)
 
+    def export_nearest_axes(self, pre: Preprocessed) -> tuple[bool, ...]:
+        """Axes the logits return along by nearest neighbour: with resampling "nnunet", nnU-Net's
+        thick axis of an anisotropic scan (its order_z 0); none otherwise."""
+        if self.options.resampling != "nnunet":
+            return NO_NEAREST_AXES
+        return nearest_axes(self.config.spacing, pre.spacing_before_resampling, self.config.probability_resampling)
+
     def segment(self, volume: np.ndarray, spacing, timings: dict[str, float], clamp_hu: bool = False) -> np.ndarray:
         """Labels (uint8, label values of the model's dataset.json) on the grid of `volume`."""
         if self.options.device.type != "cuda":
@@ -122,7 +133,7 @@ class ModelRunner:
         logits, pre = self.predict_logits(volume, spacing, timings, clamp_hu)
         with Timer(timings)("export"):
             labels = export_labels(logits, pre, self.config.transpose_backward, self.options.export,
-                                   self.config.label_values)
+                                   self.config.label_values, self.export_nearest_axes(pre))
         del logits
         return labels
 
@@ -133,8 +144,8 @@ class ModelRunner:
         timer = Timer(timings)
         with timer("preprocess"):
             pre = preprocess(volume, spacing, self.config, device=self.options.device, clamp_hu=clamp_hu,
-                             input_resampling=self.options.input_resampling)
-        exporter = SlabExport(pre, pre.data.shape[1:], self.options.export)
+                             resampling=self.options.resampling)
+        exporter = SlabExport(pre, pre.data.shape[1:], self.options.export, self.export_nearest_axes(pre))
         slabs = sliding_window_slabs(self.model, pre.data, self.config.patch_size, self.config.num_classes,
                                      step_size=self.options.step_size, precision=self.options.precision)
         while True:

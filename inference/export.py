@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from inference.preprocessing import Preprocessed
+from inference.nnunet_resampling import nearest_indices
 from inference.resampling import area_bins, linear_source_weights, resample_torch, source_range_for_output
+
+NO_NEAREST_AXES = (False, False, False)
 
 EXPORT_METHODS = ("logits", "argmax")
 SLAB_BYTES = 256 * 2**20  # working set per slab; keeps CPU RSS and GPU memory bounded on any length
@@ -29,11 +32,13 @@ BOUNDARY_SHARE_LIMIT = 0.3
 BOUNDARY_CHUNK = 1 << 18  # border voxels interpolated per batch (14 classes x 8 corners: about 120 MB)
 
 
-def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int) -> tuple[int, int]:
+def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int, nearest: bool = False) -> tuple[int, int]:
     """Output index range whose values read any input index in [box_lo, box_hi) along one axis."""
     if out_size == in_size:
         return box_lo, box_hi
-    if out_size > in_size:
+    if nearest:
+        lo = hi = nearest_indices(in_size, out_size)
+    elif out_size > in_size:
         lo, hi, _ = linear_source_weights(in_size, out_size)
     else:
         lo, hi = area_bins(in_size, out_size)
@@ -43,14 +48,17 @@ def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int) -> tuple[
 
 
 def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int, in_start: int, in_stop: int,
-                 dtype=np.float32) -> np.ndarray:
+                 dtype=np.float32, nearest: bool = False) -> np.ndarray:
     """Dense (out_stop - out_start, in_stop - in_start) matrix resizing one axis from in_size to
-    out_size (area down, linear up with align_corners=False), restricted to an output window and
-    the input window it reads. Rows hold torch's own weights, so results equal F.interpolate's.
+    out_size (area down, linear up with align_corners=False; `nearest`: nnU-Net's nearest
+    neighbour), restricted to an output window and the input window it reads. Rows hold torch's
+    own weights, so results equal F.interpolate's.
     """
     rows = np.arange(out_stop - out_start)
     matrix = np.zeros((out_stop - out_start, in_stop - in_start), dtype=dtype)
-    if out_size > in_size:
+    if nearest:
+        matrix[rows, nearest_indices(in_size, out_size)[out_start:out_stop] - in_start] = 1.0
+    elif out_size > in_size:
         lo, hi, frac = (a[out_start:out_stop] for a in linear_source_weights(in_size, out_size, dtype))
         np.add.at(matrix, (rows, lo - in_start), 1 - frac)
         np.add.at(matrix, (rows, hi - in_start), frac)  # add: lo == hi at the clamped border
@@ -62,7 +70,7 @@ def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int, in_
 
 
 def resample_axis(x: torch.Tensor, dim: int, in_size: int, out_size: int, out_start: int, out_stop: int,
-                  in_offset: int = 0) -> torch.Tensor:
+                  in_offset: int = 0, nearest: bool = False) -> torch.Tensor:
     """Outputs out_start..out_stop-1 of resizing axis `dim` from in_size to out_size (area down,
     linear up, align_corners=False), when `x` holds input indices from `in_offset` on.
 
@@ -74,7 +82,7 @@ def resample_axis(x: torch.Tensor, dim: int, in_size: int, out_size: int, out_st
         return x.narrow(dim, out_start - in_offset, out_stop - out_start)
     dtype = np.float64 if x.dtype == torch.float64 else np.float32  # torch's own weight precision
     matrix = torch.from_numpy(axis_weights(in_size, out_size, out_start, out_stop, in_offset,
-                                           in_offset + x.shape[dim], dtype)).to(x.device, x.dtype)
+                                           in_offset + x.shape[dim], dtype, nearest)).to(x.device, x.dtype)
     if dim == x.dim() - 1:
         return torch.matmul(x, matrix.T)
     moved = x.movedim(dim, -2)  # matmul contracts the second-to-last axis of its right operand
@@ -121,20 +129,31 @@ def _resize_plane(part: torch.Tensor, out_plane) -> torch.Tensor:
     return F.interpolate(part, size=tuple(out_plane), **kwargs)
 
 
-def logits_to_labels_interpolated(logits: torch.Tensor, out_shape,
-                                  plane_kernel: bool | None = None) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+def logits_to_labels_interpolated(logits: torch.Tensor, out_shape, plane_kernel: bool | None = None,
+                                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES
+                                  ) -> tuple[np.ndarray, tuple[slice, ...] | None]:
     """Argmax of linearly resized logits, computed only where foreground can appear.
 
     Returns the labels inside the foreground window and the window's slices in the output grid.
     The in-plane pass uses torch's interpolation kernel on whole planes or per-axis matrix
     products on the window, whichever is cheaper (`plane_kernel` forces one, for tests); both
-    give the same values.
+    give the same values. `nearest_axes`: axes resized by nnU-Net's nearest neighbour instead
+    (its export of anisotropic scans: the thick axis with order_z 0).
     """
-    return _interpolate_outputs(logits, 0, tuple(logits.shape[1:]), tuple(out_shape), (0, out_shape[0]), plane_kernel)
+    return _interpolate_outputs(logits, 0, tuple(logits.shape[1:]), tuple(out_shape), (0, out_shape[0]), plane_kernel,
+                                nearest_axes)
+
+
+def _source_range(in_size: int, out_size: int, out_start: int, out_stop: int, nearest: bool) -> tuple[int, int]:
+    if nearest and in_size != out_size:
+        index = nearest_indices(in_size, out_size)
+        return int(index[out_start]), int(index[out_stop - 1]) + 1
+    return source_range_for_output(in_size, out_size, out_start, out_stop)
 
 
 def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shape, out_z: tuple[int, int],
-                         plane_kernel: bool | None = None) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+                         plane_kernel: bool | None = None, nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES,
+                         ) -> tuple[np.ndarray, tuple[slice, ...] | None]:
     """Labels for output slices out_z[0]..out_z[1]-1 (all of y and x) of resizing a map of
     `in_shape` to `out_shape`, when `rows` holds the map's rows from `row_offset` on, including
     every row those outputs read. Returns the labels inside their foreground window and the
@@ -145,47 +164,50 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
     if box is None:
         return np.zeros((0, 0, 0), np.uint8), None
     box = ((box[0][0] + row_offset, box[0][1] + row_offset), *box[1:])
-    window = [output_span(i, o, lo, hi) for i, o, (lo, hi) in zip(in_shape, out_shape, box)]
+    window = [output_span(i, o, lo, hi, nearest) for i, o, (lo, hi), nearest
+              in zip(in_shape, out_shape, box, nearest_axes)]
     window[0] = (max(window[0][0], out_z[0]), min(window[0][1], out_z[1]))
     if window[0][0] >= window[0][1]:
         return np.zeros((0, 0, 0), np.uint8), None
     window_slices = tuple(slice(a, b) for a, b in window)
-    if all(o >= i for i, o in zip(in_shape, out_shape)):
-        labels = _boundary_labels(rows, low, row_offset, in_shape, out_shape, window)
+    if all(o >= i or nearest for i, o, nearest in zip(in_shape, out_shape, nearest_axes)):
+        labels = _boundary_labels(rows, low, row_offset, in_shape, out_shape, window, nearest_axes=nearest_axes)
         if labels is not None:
             return labels, window_slices
     (z0, z1), (y0, y1), (x0, x1) = window
     if plane_kernel is None:
         plane_kernel = _plane_kernel_pays(in_shape[1:], out_shape[1:], (y1 - y0, x1 - x0))
-    plane_kernel = plane_kernel and _plane_resizable(in_shape[1:], out_shape[1:])
+    plane_kernel = plane_kernel and _plane_resizable(in_shape[1:], out_shape[1:]) and not any(nearest_axes[1:])
     if plane_kernel:  # whole planes in, window cut from the output
         (sy0, sy1), (sx0, sx1) = (0, in_shape[1]), (0, in_shape[2])
         plane_elements = out_shape[1] * out_shape[2]
     else:
-        (sy0, sy1), (sx0, sx1) = (source_range_for_output(i, o, a, b) for i, o, (a, b)
-                                  in zip(in_shape[1:], out_shape[1:], window[1:]))
+        (sy0, sy1), (sx0, sx1) = (_source_range(i, o, a, b, nearest) for i, o, (a, b), nearest
+                                  in zip(in_shape[1:], out_shape[1:], window[1:], nearest_axes[1:]))
         plane_elements = (y1 - y0) * (x1 - x0)
     classes = rows.shape[0]
     slab = max(1, SLAB_BYTES // max(classes * plane_elements * 4 * 3, 1))  # slab, y pass, x pass
     labels = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=np.uint8)
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
-        sz0, sz1 = source_range_for_output(in_shape[0], out_shape[0], start, stop)
+        sz0, sz1 = _source_range(in_shape[0], out_shape[0], start, stop, nearest_axes[0])
         part = rows[:, sz0 - row_offset:sz1 - row_offset, sy0:sy1, sx0:sx1].float()
-        part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0)
+        part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0, nearest_axes[0])
         if plane_kernel:
             part = _resize_plane(part, out_shape[1:])[:, :, y0:y1, x0:x1]
         else:
-            part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0)
-            part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0)
+            part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0, nearest_axes[1])
+            part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0, nearest_axes[2])
         labels[start - z0:stop - z0] = argmax_channels(part).cpu().numpy()
     return labels, window_slices
 
 
 def _boundary_labels(rows: torch.Tensor, low: torch.Tensor, row_offset: int, in_shape, out_shape, window,
-                     share_limit: float | None = None) -> np.ndarray | None:
-    """Labels of the output `window` when no axis shrinks (linear interpolation reads two source
-    indices per axis, one where the axis keeps its size), interpolating only border voxels.
+                     share_limit: float | None = None, nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES,
+                     ) -> np.ndarray | None:
+    """Labels of the output `window` when no axis shrinks linearly (linear interpolation reads two
+    source indices per axis, one where the axis keeps its size or is resized by nearest
+    neighbour), interpolating only border voxels.
 
     A voxel whose (up to 8) source corners share one argmax gets it: its interpolated vector is a
     convex combination of vectors in which that class is largest. The other voxels are
@@ -195,7 +217,12 @@ def _boundary_labels(rows: torch.Tensor, low: torch.Tensor, row_offset: int, in_
     share_limit = BOUNDARY_SHARE_LIMIT if share_limit is None else share_limit
     device = rows.device
     corners = []  # per axis: (source index, weight) pairs of each output index in the window
-    for size_in, size_out, (start, stop), offset in zip(in_shape, out_shape, window, (row_offset, 0, 0)):
+    for size_in, size_out, (start, stop), offset, nearest in zip(in_shape, out_shape, window, (row_offset, 0, 0),
+                                                                 nearest_axes):
+        if nearest and size_in != size_out:
+            index = torch.from_numpy(nearest_indices(size_in, size_out)[start:stop]).to(device)
+            corners.append(((index - offset, None),))
+            continue
         lo, hi, frac = (torch.from_numpy(v[start:stop]).to(device) for v in linear_source_weights(size_in, size_out))
         corners.append(((lo - offset, None),) if size_in == size_out else ((lo - offset, 1 - frac), (hi - offset, frac)))
     (z_corners, y_corners, x_corners) = corners
@@ -266,12 +293,13 @@ def upsample_labels_nearest(low: torch.Tensor, out_shape) -> np.ndarray:
 
 
 def export_labels(logits: torch.Tensor, pre: Preprocessed, transpose_backward, method: str = "logits",
-                  label_values: list[int] | None = None) -> np.ndarray:
+                  label_values: list[int] | None = None,
+                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES) -> np.ndarray:
     """Labels (uint8) on the original input grid from model-resolution logits of one case."""
     _check_method(method)
     full = np.zeros(pre.transposed_shape, dtype=np.uint8)
     if method == "logits":
-        labels, window = logits_to_labels_interpolated(logits, pre.crop.shape)
+        labels, window = logits_to_labels_interpolated(logits, pre.crop.shape, nearest_axes=nearest_axes)
         if window is not None:
             crop_view = full[pre.crop.slices]
             crop_view[window] = labels
@@ -306,14 +334,15 @@ class SlabExport:
     pass or pick the other in-plane kernel (tests/test_export.py measures the agreement).
     """
 
-    def __init__(self, pre: Preprocessed, model_shape, method: str = "logits"):
+    def __init__(self, pre: Preprocessed, model_shape, method: str = "logits",
+                 nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES):
         _check_method(method)
-        self.pre, self.method = pre, method
+        self.pre, self.method, self.nearest_axes = pre, method, tuple(nearest_axes)
         self.in_shape, self.out_shape = tuple(int(s) for s in model_shape), tuple(pre.crop.shape)
         self.full = np.zeros(pre.transposed_shape, dtype=np.uint8)
         self.crop_labels = self.full[pre.crop.slices]  # a view: labels land in the input-sized array
         self.low = np.zeros(self.in_shape, dtype=np.uint8) if method == "argmax" else None
-        self.source_start, self.source_stop = _source_rows(self.in_shape[0], self.out_shape[0])
+        self.source_start, self.source_stop = _source_rows(self.in_shape[0], self.out_shape[0], self.nearest_axes[0])
         self.rows: torch.Tensor | None = None
         self.row_offset = 0  # model-resolution z index of self.rows[:, 0]
         self.arrived = 0  # rows received so far
@@ -336,7 +365,8 @@ class SlabExport:
     def _label_outputs(self, out_start: int, out_stop: int) -> None:
         first, last = int(self.source_start[out_start]), int(self.source_stop[out_stop - 1])
         rows = self.rows[:, first - self.row_offset:last - self.row_offset]
-        labels, window = _interpolate_outputs(rows, first, self.in_shape, self.out_shape, (out_start, out_stop))
+        labels, window = _interpolate_outputs(rows, first, self.in_shape, self.out_shape, (out_start, out_stop),
+                                              nearest_axes=self.nearest_axes)
         if window is not None:
             self.crop_labels[window] = labels
 
@@ -355,11 +385,11 @@ class SlabExport:
         return _input_grid(self.full, transpose_backward, label_values)
 
 
-def _source_rows(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _source_rows(in_size: int, out_size: int, nearest: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per output index along z: first and one-past-last input index it reads
     (`source_range_for_output` for every output at once; both are non-decreasing)."""
-    if in_size == out_size:
-        index = np.arange(out_size, dtype=np.int64)
+    if in_size == out_size or nearest:
+        index = np.arange(out_size, dtype=np.int64) if in_size == out_size else nearest_indices(in_size, out_size)
         return index, index + 1
     if out_size > in_size:
         lo, hi, _ = linear_source_weights(in_size, out_size)

@@ -100,9 +100,10 @@ class ModelConfig:
     labels: dict[str, int]
     num_classes: int
     allowed_mirroring_axes: tuple[int, ...] | None
-    # the plans' resampling_fn_data_kwargs: what nnU-Net's own input resampling does (order of the
-    # spline, order along the thick axis, forced separate z); used by input_resampling="nnunet"
+    # the plans' resampling_fn_data_kwargs and resampling_fn_probabilities_kwargs: what nnU-Net's
+    # own resampling of the input and of the logits does; used by resampling="nnunet"
     data_resampling: DataResampling = DataResampling()
+    probability_resampling: DataResampling = DataResampling(order=1)
 
     @property
     def label_values(self) -> list[int]:
@@ -210,6 +211,8 @@ def read_model_config(folder: Path, configuration: str, allowed_mirroring_axes=N
         num_classes=len(labels),
         allowed_mirroring_axes=tuple(allowed_mirroring_axes) if allowed_mirroring_axes is not None else None,
         data_resampling=DataResampling.from_plans(entry.get("resampling_fn_data_kwargs") or {}),
+        probability_resampling=DataResampling.from_plans({"order": 1, **(entry.get("resampling_fn_probabilities_kwargs")
+                                                                          or {})}),
     )
 
 

@@ -72,14 +72,27 @@ def resample_like_nnunet(volume: np.ndarray, target_shape: Sequence[int], spacin
     return _resample_thick_axis(planes, axis, target_shape, settings.order_z).astype(np.float32)
 
 
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """nnU-Net's order-0 `map_coordinates` along one axis: source index floor(c + 0.5) of the
+    half-pixel-centred coordinate c = in/out * (i + 0.5) - 0.5 (float64), clamped ("nearest")."""
+    coordinate = in_size / out_size * (np.arange(out_size) + 0.5) - 0.5
+    return np.clip(np.floor(coordinate + 0.5).astype(np.int64), 0, in_size - 1)
+
+
+def nearest_axes(spacing: Sequence[float], target_spacing: Sequence[float],
+                 settings: DataResampling) -> tuple[bool, ...]:
+    """Per axis: does nnU-Net resample it by nearest neighbour (its separate axis with order_z 0)?"""
+    axis = separate_axis(spacing, target_spacing, settings.force_separate_z)
+    return tuple(axis == a and settings.order_z == 0 for a in range(len(spacing)))
+
+
 def _resample_thick_axis(planes: np.ndarray, axis: int, target_shape: tuple[int, ...], order_z: int) -> np.ndarray:
     """nnU-Net's map_coordinates pass: coordinates scale * (i + 0.5) - 0.5 per axis (the in-plane
     axes already have their size, so their coordinates are the integers themselves)."""
+    if order_z == 0:  # scipy's order 0: an index lookup
+        return np.take(planes, nearest_indices(planes.shape[axis], target_shape[axis]), axis=axis)
     scale = planes.shape[axis] / target_shape[axis]
     coordinate = scale * (np.arange(target_shape[axis]) + 0.5) - 0.5
-    if order_z == 0:  # scipy's order 0: floor(c + 0.5), clamped by mode "nearest"
-        index = np.clip(np.floor(coordinate + 0.5).astype(np.int64), 0, planes.shape[axis] - 1)
-        return np.take(planes, index, axis=axis)
     grid = np.meshgrid(*[coordinate if a == axis else np.arange(n, dtype=float)
                          for a, n in enumerate(target_shape)], indexing="ij")
     return ndimage.map_coordinates(planes, np.array(grid), order=order_z, mode="nearest")

@@ -3,7 +3,7 @@ normalise, resample to the configuration's spacing.
 
 One deliberate difference from nnU-Net by default: resampling to model spacing uses our torch
 backend (area down, linear up) instead of nnU-Net's third-order spline (skimage, float64, CPU),
-which costs seconds per case. `input_resampling="nnunet"` gives nnU-Net's values instead
+which costs seconds per case. `resampling="nnunet"` gives nnU-Net's values instead
 (`inference.nnunet_resampling`, equal to nnU-Net's function on every tested grid): with a model
 that is unsure of its organs, the two interpolations move its decisions (BENCHMARKS.md).
 """
@@ -18,7 +18,7 @@ from inference.model import ModelConfig
 from inference.nnunet_resampling import resample_like_nnunet
 from inference.resampling import compute_new_shape, resample_torch
 
-INPUT_RESAMPLINGS = ("linear", "nnunet")
+RESAMPLINGS = ("fast", "nnunet")
 
 # HU outside this range is not tissue: scanner padding (-32768, -3024) and metal streak extremes.
 HU_FLOOR, HU_CEILING = -1024.0, 3071.0
@@ -87,7 +87,7 @@ def normalize(volume: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 def preprocess(volume: np.ndarray, spacing: tuple[float, ...], config: ModelConfig,
                device: torch.device | str = "cpu", clamp_hu: bool = False,
-               input_resampling: str = "linear") -> Preprocessed:
+               resampling: str = "fast") -> Preprocessed:
     """Original (z, y, x) HU array + spacing -> network input at model spacing on `device`.
 
     `clamp_hu=True` gives the result of `preprocess(sanitize_hu(volume), ...)` without that
@@ -96,15 +96,15 @@ def preprocess(volume: np.ndarray, spacing: tuple[float, ...], config: ModelConf
     whole-volume path held three: the clipped, centred and scaled arrays, 1 GB each for a
     512x512x1000 CT); the values are those of the whole-volume path, bit for bit. CUDA and the
     cases the slabs cannot reproduce exactly keep the whole-volume path.
-    `input_resampling`: "linear" (area down, linear up) or "nnunet" (nnU-Net's spline, on the CPU).
+    `resampling`: "fast" (area down, linear up) or "nnunet" (nnU-Net's spline, on the CPU).
     """
-    if input_resampling not in INPUT_RESAMPLINGS:
-        raise ValueError(f"input_resampling must be one of {INPUT_RESAMPLINGS}, got {input_resampling!r}")
+    if resampling not in RESAMPLINGS:
+        raise ValueError(f"resampling must be one of {RESAMPLINGS}, got {resampling!r}")
     transposed = volume.transpose(config.transpose_forward)
     spacing_t = tuple(spacing[i] for i in config.transpose_forward)
     crop = nonzero_box(transposed)
     target_shape = compute_new_shape(crop.shape, spacing_t, config.spacing)
-    if input_resampling == "nnunet":
+    if resampling == "nnunet":
         normalized = normalize((sanitize_hu(transposed) if clamp_hu else transposed)[crop.slices], config)
         resampled = resample_like_nnunet(normalized, target_shape, spacing_t, config.spacing, config.data_resampling)
         tensor = torch.from_numpy(resampled).to(device)[None]

@@ -57,15 +57,17 @@ def test_labels_close_to_nnunet_when_input_is_resampled(tmp_path):
     assert (ours == theirs).mean() > 0.9
 
 
-@pytest.mark.parametrize("spacing", [(2.5, 0.8, 0.8), (1.0, 0.9, 0.9)])  # separate-z path, 3D spline path
-def test_labels_equal_nnunet_with_its_own_input_resampling(tmp_path, spacing):
-    """input_resampling="nnunet" feeds the network nnU-Net's spline-resampled input, so the labels
-    match nnU-Net's predictor as closely as at the model's own spacing, where "linear" does not."""
+# model spacing 2.5 x 1.6 x 1.6 mm: separate z with z kept, one 3D spline, separate z with z resized
+# both ways (nearest neighbour along z for the input and for the logits)
+@pytest.mark.parametrize("spacing", [(2.5, 0.8, 0.8), (1.0, 0.9, 0.9), (2.0, 0.6, 0.6)])
+def test_labels_equal_nnunet_with_its_own_resampling(tmp_path, spacing):
+    """resampling="nnunet" resamples the input and the logits as nnU-Net does, so the labels match
+    nnU-Net's predictor as closely as at the model's own spacing, where "fast" does not."""
     folder = make_model_folder(tmp_path / "model", labels={"background": 0, "a": 1, "b": 2, "c": 3}, bias_class=0)
     image = synthetic_ct((16, 64, 60), seed=1)
     theirs = nnunet_labels(folder, image, spacing, 0.5)
     model = load_model(folder)
-    faithful = ModelRunner(model, EngineOptions(input_resampling="nnunet")).segment(image, spacing, {})
+    faithful = ModelRunner(model, EngineOptions(resampling="nnunet")).segment(image, spacing, {})
     fast = ModelRunner(model, EngineOptions()).segment(image, spacing, {})
     assert len(np.unique(theirs)) > 1
     assert (faithful == theirs).mean() > 0.999

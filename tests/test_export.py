@@ -105,6 +105,41 @@ def test_border_shortcut_reads_no_logits_where_corners_agree(monkeypatch):
     assert 0 < border_voxels < labels.size / 2
 
 
+def nearest_z_reference(logits: torch.Tensor, out_shape) -> np.ndarray:
+    """nnU-Net's export of an anisotropic scan: nearest neighbour along z (its order_z 0), linear in-plane."""
+    from inference.nnunet_resampling import nearest_indices
+    rows = logits[:, torch.from_numpy(nearest_indices(logits.shape[1], out_shape[0]))]
+    return full_reference(rows, out_shape)
+
+
+@pytest.mark.parametrize("in_shape,out_shape", [((12, 16, 16), (15, 40, 41)), ((20, 16, 16), (9, 33, 30)),
+                                                ((10, 14, 12), (10, 30, 29))])
+@pytest.mark.parametrize("border_limit", [0.0, 1.0])
+def test_nearest_z_export_equals_nnunet_semantics(monkeypatch, in_shape, out_shape, border_limit):
+    monkeypatch.setattr(export, "SLAB_BYTES", 1)
+    monkeypatch.setattr(export, "BOUNDARY_SHARE_LIMIT", border_limit)
+    logits = blob_logits(in_shape, classes=4, seed=7)
+    labels, window = logits_to_labels_interpolated(logits, out_shape, nearest_axes=(True, False, False))
+    ours = np.zeros(out_shape, np.uint8)
+    ours[window] = labels
+    reference = nearest_z_reference(logits, out_shape)
+    assert (ours != reference).mean() < 1e-4 and ours.any()
+    if in_shape[0] != out_shape[0]:  # and it is not the linear export
+        linear = full_reference(logits, out_shape)
+        assert (reference != linear).any()
+
+
+def test_slab_export_with_nearest_z_equals_whole_map_export():
+    logits = blob_logits((14, 12, 12), classes=3, seed=8)
+    pre = Preprocessed(torch.zeros(1), (17, 30, 30), (17, 30, 30), CropBox((0, 0, 0), (17, 30, 30)), (1.0, 1.0, 1.0))
+    whole = export_labels(logits, pre, (0, 1, 2), nearest_axes=(True, False, False))
+    for rows in (1, 3, 14):
+        exporter = SlabExport(pre, logits.shape[1:], "logits", nearest_axes=(True, False, False))
+        for z0 in range(0, 14, rows):
+            exporter.add(z0, logits[:, z0:z0 + rows])
+        assert (exporter.labels((0, 1, 2)) != whole).mean() < 1e-4
+
+
 def test_no_foreground_gives_all_background():
     logits = torch.zeros(3, 5, 6, 7)
     logits[0] = 1
