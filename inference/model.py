@@ -62,7 +62,8 @@ _CHECKPOINT_SAFE_GLOBALS = [np.dtype, np._core.multiarray.scalar] + [
 
 @dataclass(frozen=True)
 class DataResampling:
-    """nnU-Net's `resample_data_or_seg_to_shape` settings for images (its defaults)."""
+    """Settings of nnU-Net's `resample_data_or_seg_to_shape` from the plans (defaults: its images';
+    its logits use order 1)."""
     order: int = 3
     order_z: int = 0
     force_separate_z: bool | None = None
@@ -72,9 +73,9 @@ class DataResampling:
         order, order_z = kwargs.get("order", 3), kwargs.get("order_z", 0)
         force = kwargs.get("force_separate_z")
         if not (isinstance(order, int) and 0 <= order <= 5 and isinstance(order_z, int) and 0 <= order_z <= 5):
-            raise ModelError(f"resampling_fn_data_kwargs: spline orders must be integers 0..5, got {kwargs}")
+            raise ModelError(f"plans resampling kwargs: spline orders must be integers 0..5, got {kwargs}")
         if force is not None and not isinstance(force, bool):
-            raise ModelError(f"resampling_fn_data_kwargs: force_separate_z must be true, false or null, got {force!r}")
+            raise ModelError(f"plans resampling kwargs: force_separate_z must be true, false or null, got {force!r}")
         return cls(order, order_z, force)
 
 
@@ -211,8 +212,8 @@ def read_model_config(folder: Path, configuration: str, allowed_mirroring_axes=N
         num_classes=len(labels),
         allowed_mirroring_axes=tuple(allowed_mirroring_axes) if allowed_mirroring_axes is not None else None,
         data_resampling=DataResampling.from_plans(entry.get("resampling_fn_data_kwargs") or {}),
-        probability_resampling=DataResampling.from_plans({"order": 1, **(entry.get("resampling_fn_probabilities_kwargs")
-                                                                          or {})}),
+        probability_resampling=DataResampling.from_plans(
+            {"order": 1, **(entry.get("resampling_fn_probabilities_kwargs") or {})}),
     )
 
 

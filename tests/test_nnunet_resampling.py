@@ -45,5 +45,5 @@ def test_plans_settings_are_validated():
     assert DataResampling.from_plans({"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}) \
         == DataResampling()
     for bad in ({"order": 7}, {"order_z": "0"}, {"force_separate_z": "yes"}):
-        with pytest.raises(ModelError, match="resampling_fn_data_kwargs"):
+        with pytest.raises(ModelError, match="plans resampling kwargs"):
             DataResampling.from_plans(bad)
