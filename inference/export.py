@@ -388,8 +388,8 @@ class SlabExport:
 def _source_rows(in_size: int, out_size: int, nearest: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per output index along z: first and one-past-last input index it reads
     (`source_range_for_output` for every output at once; both are non-decreasing)."""
-    if in_size == out_size or nearest:
-        index = np.arange(out_size, dtype=np.int64) if in_size == out_size else nearest_indices(in_size, out_size)
+    if in_size == out_size or nearest:  # one source row per output (the identity when sizes agree)
+        index = nearest_indices(in_size, out_size)
         return index, index + 1
     if out_size > in_size:
         lo, hi, _ = linear_source_weights(in_size, out_size)

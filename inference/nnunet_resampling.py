@@ -74,7 +74,9 @@ def resample_like_nnunet(volume: np.ndarray, target_shape: Sequence[int], spacin
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     """nnU-Net's order-0 `map_coordinates` along one axis: source index floor(c + 0.5) of the
-    half-pixel-centred coordinate c = in/out * (i + 0.5) - 0.5 (float64), clamped ("nearest")."""
+    half-pixel-centred coordinate c = in/out * (i + 0.5) - 0.5 (float64), clamped ("nearest").
+    Not `resampling.nearest_source_indices`: that one follows torch's float32 kernel, and the two
+    may pick different voxels at exact ties."""
     coordinate = in_size / out_size * (np.arange(out_size) + 0.5) - 0.5
     return np.clip(np.floor(coordinate + 0.5).astype(np.int64), 0, in_size - 1)
 

@@ -105,7 +105,8 @@ def preprocess(volume: np.ndarray, spacing: tuple[float, ...], config: ModelConf
     crop = nonzero_box(transposed)
     target_shape = compute_new_shape(crop.shape, spacing_t, config.spacing)
     if resampling == "nnunet":
-        normalized = normalize((sanitize_hu(transposed) if clamp_hu else transposed)[crop.slices], config)
+        cropped = transposed[crop.slices]  # clamping is element-wise: clamp the crop, not the scan
+        normalized = normalize(sanitize_hu(cropped) if clamp_hu else cropped, config)
         resampled = resample_like_nnunet(normalized, target_shape, spacing_t, config.spacing, config.data_resampling)
         tensor = torch.from_numpy(resampled).to(device)[None]
     elif torch.device(device).type == "cpu" and _slabs_are_exact(config, crop.shape, target_shape):

@@ -363,7 +363,8 @@ def train(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration
           initial_lr: float = 0.01, device: str = "cpu", continue_training: bool = False,
           save_every: int = 5, final_validation: bool = False, threads: int = 2, n_proc_da: int = 0,
           nice: int = 0, augmentation: bool = True) -> Path:
-    """Train `nnUNetTrainer` (SGD Nesterov 0.99, poly lr, Dice+CE: nnU-Net's defaults) in a subprocess.
+    """Train `nnUNetTrainer` (SGD Nesterov 0.99, poly lr, Dice+CE: nnU-Net's defaults; without
+    augmentation its nnUNetTrainerNoDA variant) in a subprocess.
 
     Returns the fold's output folder (holding checkpoint_final.pth). `save_every` epochs a
     checkpoint_latest.pth is written so an interrupted run can `continue_training`.
