@@ -280,14 +280,14 @@ class NnUNetBackend:
                   epochs=net.epochs, iterations_per_epoch=net.iterations_per_epoch,
                   val_iterations=net.val_iterations, initial_lr=net.initial_lr, device=self.device,
                   continue_training=resume, threads=self.threads, n_proc_da=self.da_workers, nice=self.nice,
-                  augmentation=net.augmentation)
+                  augmentation=net.augmentation, optimizer=net.optimizer)
             return
         command = [sys.executable, "-m", "training.nnunet_ddp", "--num-gpus", str(self.num_gpus),
                    "--preprocessed-dataset", str(find_dataset_folder(self.paths.preprocessed, dataset_id)),
                    "--plans-name", plans_name, "--configuration", CONFIGURATION, "--fold", "all",
                    "--epochs", str(net.epochs), "--iterations", str(net.iterations_per_epoch),
                    "--val-iterations", str(net.val_iterations), "--initial-lr", repr(net.initial_lr),
-                   "--device", "cuda", *(["--continue-training"] if resume else []),
+                   "--device", "cuda", "--optimizer", net.optimizer, *(["--continue-training"] if resume else []),
                    *([] if net.augmentation else ["--no-augmentation"])]
         env = self.paths.env(threads=self.threads, n_proc_da=self.da_workers)
         env.update({"MASTER_ADDR": "localhost", "MASTER_PORT": str(_free_port())})

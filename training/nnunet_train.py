@@ -3,8 +3,9 @@
 Run as a subprocess by `training.nnunet.train` with nnU-Net's environment variables set (nnunetv2
 reads them at import). The trainer class is instantiated directly: nnU-Net's lookup by name walks
 every trainer module, and some of them import timm, which does not import beside the CPU torch
-used here. Everything after construction is nnU-Net's (SGD Nesterov 0.99, poly lr, Dice + CE,
-data augmentation, checkpoints); only plain attributes are set.
+used here. Everything after construction is nnU-Net's (SGD Nesterov 0.99 or, with `--optimizer
+adam`, its nnUNetTrainerAdam variant's AdamW; poly lr, Dice + CE, data augmentation, checkpoints);
+only plain attributes and that one method are set.
 
 The `if __name__ == "__main__":` guard is required: nnU-Net's validation spawns worker processes
 that re-import the main module.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import types
 from pathlib import Path
 
 CHECKPOINTS_TO_CONTINUE_FROM = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
@@ -33,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-augmentation", action="store_true",
                         help="nnU-Net's nnUNetTrainerNoDA: no spatial/intensity augmentation (several times "
                              "faster per iteration on a CPU, where augmentation dominates)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="sgd: nnU-Net's default (SGD Nesterov momentum 0.99); adam: the optimizer of nnU-Net's "
+                             "nnUNetTrainerAdam variant (AdamW, amsgrad), same poly schedule")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("--save-every", type=int, default=5, help="write checkpoint_latest.pth every N epochs")
     parser.add_argument("--continue-training", action="store_true",
@@ -65,6 +70,11 @@ def build_trainer(args: argparse.Namespace):
     trainer.num_val_iterations_per_epoch = args.val_iterations
     trainer.initial_lr = args.initial_lr
     trainer.save_every = args.save_every
+    if args.optimizer == "adam":
+        # nnU-Net's own variant's method, bound to this trainer: the class (and with it the output folder
+        # and the trainer name in the checkpoint) stays the NoDA / default one, which builds the same network
+        from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
+        trainer.configure_optimizers = types.MethodType(nnUNetTrainerAdam.configure_optimizers, trainer)
     return trainer
 
 

@@ -10,8 +10,10 @@
 - `smoke`: a handful of tiny cases, 1 epoch x 2 iterations per model, tumor models for liver and
   left kidney only; proves the driver end to end in the test suite.
 
-Optimizer, schedule and loss are nnU-Net's `nnUNetTrainer` defaults (SGD Nesterov momentum 0.99,
-poly decay exponent 0.9, Dice + cross-entropy with deep supervision); a preset sets the initial lr.
+Schedule and loss are nnU-Net's `nnUNetTrainer` defaults (poly decay exponent 0.9, Dice +
+cross-entropy with deep supervision); the optimizer is its SGD Nesterov momentum 0.99 (`paper`) or
+the AdamW of its nnUNetTrainerAdam variant (`demo`, `gpu`, the smoke organ models); a preset sets the
+initial lr.
 Any field can be overridden on the command line (`--set tumor.epochs=50`), see `apply_overrides`.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ CONTRAST_ORGANS = (2, 13)  # kidney tumor models run only on contrast-enhanced s
 # Public code: a pseudo-labelled tumor component needs at least 2048 voxels; in mm3 at the FLARE
 # reference voxel (2.5 x 0.8 x 0.8 mm), like every other volume threshold of the cascade.
 PUBLIC_PSEUDO_TUMOR_MIN_MM3 = 2048 * REFERENCE_VOXEL_MM3  # 3276.8
+
+
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class NetworkPreset:
     # CPU schedules use it: on the demo data a model without augmentation leaves nnU-Net's
     # all-background start after about 1000 iterations (BENCHMARKS.md, "Training on this CPU").
     augmentation: bool = True
+    # "sgd": nnU-Net's default (SGD Nesterov momentum 0.99). "adam": the AdamW of nnU-Net's
+    # nnUNetTrainerAdam variant. The demo's 8-feature networks need Adam: with SGD at lr 0.01 they
+    # cannot even overfit one fixed batch in 200 steps (everything collapses to background), with
+    # AdamW at 3e-3 the liver appears after 25 iterations (BENCHMARKS.md, "Training on this CPU").
+    optimizer: str = "sgd"
 
     def __post_init__(self):
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
@@ -61,6 +71,8 @@ class NetworkPreset:
             raise ValueError(f"spacing must be 3 positive mm values or None, got {self.spacing}")
         if not self.initial_lr > 0:
             raise ValueError(f"initial_lr must be positive, got {self.initial_lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
     @property
     def iterations(self) -> int:
@@ -152,31 +164,32 @@ PAPER = Preset(
 # in-plane field of view 120 mm instead of about 385 mm), so the cascade's physical parameters and
 # the pseudo-label volume threshold are scaled by 0.3 (volumes by 0.027).
 DEMO_PATIENT_SCALE = 0.3
-# The demo budget. nnU-Net starts every model by predicting background everywhere and, on these
-# phantoms, the first organ (the liver) only leaves that plateau after about 1000 iterations
-# (measured: organ model without augmentation, 9 cases, SGD lr 0.01: patch pseudo Dice 0 up to
-# iteration 1050, then 0.49-0.85 for the liver from iteration 1100 on, every other organ still 0 at
-# 1500; with augmentation, with Adam 3e-3 or with lr 1e-3 still 0 after 250-625 iterations). So the
-# organ models get 2000 and 2500 iterations without augmentation (nnUNetTrainerNoDA: on these
-# varied phantoms the augmentation is not what limits them, and the plateau was measured without it).
-# Speed on the idle 2-core dev machine with 2 threads: 0.48 s per organ iteration (patch 32x80x80
-# batch 2, 8-96 features: 14 s per epoch of 25 iterations). Measured end to end (BENCHMARKS.md, "The
-# demo preset end to end", with other work beside it): organ models 1347 s + 1682 s, 8 tumor models
-# 142-170 s each, everything else about 8 min: about 77 min, under 90.
+# The demo budget. With nnU-Net's SGD (lr 0.01, momentum 0.99) these 8-feature networks collapse to
+# predicting background and the first organ (the liver) only leaves that plateau after about 1000
+# iterations, every other organ after more than 2500; with the AdamW of nnU-Net's nnUNetTrainerAdam at
+# lr 3e-3 the liver appears after 25 iterations and liver, spleen, both kidneys, aorta and stomach by
+# 400 (BENCHMARKS.md, "Training on this CPU"). Hence Adam for every demo model, no augmentation
+# (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU) and 2000 / 2500 organ
+# iterations. Speed on the idle 2-core dev machine with 2 threads: 0.48 s per organ iteration (patch
+# 32x80x80 batch 2, 8-96 features). Measured end to end with the SGD schedule (BENCHMARKS.md, "The
+# demo preset end to end", other work beside it): organ models 1347 s + 1682 s, 8 tumor models
+# 142-170 s each, everything else about 8 min: about 77 min, under 90; the optimizer does not change
+# the cost of an iteration.
 DEMO_BUDGET_MINUTES = 77
 DEMO = Preset(
     name="demo",
-    description="Small networks, short schedule without augmentation: the whole cascade on synthetic phantoms "
-                "on a 2-core CPU in at most 90 minutes (measured 77). Not a usable model for real CT.",
+    description="Small networks, short schedule with AdamW and without augmentation: the whole cascade on "
+                "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 77). Not a usable model for "
+                "real CT.",
     organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=40, iterations_per_epoch=50,
                               spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
-                              augmentation=False),
+                              initial_lr=3e-3, augmentation=False, optimizer="adam"),
     organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=50, iterations_per_epoch=50,
                         spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
-                        augmentation=False),
+                        initial_lr=3e-3, augmentation=False, optimizer="adam"),
     tumor=NetworkPreset(patch_size=(24, 48, 64), batch_size=4, epochs=15, iterations_per_epoch=20,
                         spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2,
-                        augmentation=False),
+                        initial_lr=3e-3, augmentation=False, optimizer="adam"),
     data=SyntheticData(n_labeled=8, n_partial=8, n_tumor_only=4, n_unlabeled=10, n_validation=4, seed=2023,
                        max_voxels=1_200_000, random_geometry=True, tumor_probability=0.7),
     cascade=scaled_cascade(DEMO_PATIENT_SCALE),
@@ -185,14 +198,14 @@ DEMO = Preset(
 )
 
 # One GPU (the lent H100 of this workplace: 16 cores, 15 minutes of device time a session, at most
-# 10 a command): the demo's networks (without augmentation), phantom sizes and cascade scaling, with
+# 10 a command): the demo's networks (AdamW, without augmentation), phantom sizes and cascade scaling, with
 # more cases and a longer schedule, the tumor trainings side by side (`--parallel 4`). Measured on the H100
 # (BENCHMARKS.md): about 300 s of fixed cost (data, planning and preprocessing, process start-up,
 # pseudo labels) and 23 organ / 20 tumor iterations per second (nnU-Net epochs of 100 iterations keep
 # its per-epoch overhead small; that run had augmentation). A first run with 600/2000/800 iterations
-# did not learn the organs (Dice 0; the CPU measurement above puts the first organ at about 1000),
-# so this schedule is 1500/5000/1200: about 700 s, two calls of benchmarks/gpu_session.sh (the
-# driver resumes) with SKIP_CHECK=1.
+# (SGD, augmentation) did not learn the organs (Dice 0; with SGD the CPU measurement above puts the
+# first organ at about 1000), so this schedule is 1500/5000/1200: about 700 s, two calls of
+# benchmarks/gpu_session.sh (the driver resumes) with SKIP_CHECK=1. Not yet run with AdamW.
 GPU = dataclasses.replace(
     DEMO,
     name="gpu",
@@ -208,13 +221,14 @@ GPU = dataclasses.replace(
 SMOKE = Preset(
     name="smoke",
     description="Tiny cases, 1 epoch x 2 iterations per model: proves the driver end to end (tests).",
-    # organ models without augmentation, tumor models with it: the test run covers both trainers
+    # organ models without augmentation and with Adam, tumor models with both of nnU-Net's defaults:
+    # the test run covers both trainers and both optimizers
     organ_first=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
                               spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1,
-                              augmentation=False),
+                              augmentation=False, optimizer="adam"),
     organ=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
                         spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1,
-                        augmentation=False),
+                        augmentation=False, optimizer="adam"),
     tumor=NetworkPreset(patch_size=(8, 16, 16), batch_size=2, epochs=1, iterations_per_epoch=2,
                         spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8), val_iterations=1),
     data=SyntheticData(n_labeled=2, n_partial=1, n_tumor_only=1, n_unlabeled=1, n_validation=1, seed=7,
