@@ -383,19 +383,21 @@ def test_single_device_training_gets_its_augmentation_workers(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("num_gpus", [1, 2])
-def test_training_without_augmentation_uses_nnunet_noda_and_its_output_folder(tmp_path, monkeypatch, num_gpus):
+def test_training_options_reach_nnunet_noda_adam_and_its_output_folder(tmp_path, monkeypatch, num_gpus):
     import training.nnunet as nnunet
 
     captured = {}
     monkeypatch.setattr(nnunet, "run_command", lambda command, env, **kw: captured.update(command=command))
     backend = NnUNetBackend(tmp_path / "nn", device="cuda" if num_gpus > 1 else "cpu", num_gpus=num_gpus)
     (backend.paths.preprocessed / "Dataset311_T").mkdir(parents=True)
-    plain = dataclasses.replace(SMOKE.tumor, augmentation=False)
+    plain = dataclasses.replace(SMOKE.tumor, augmentation=False, optimizer="adam")
     backend.train(311, "P", plain)
     assert "--no-augmentation" in captured["command"]
+    assert captured["command"][captured["command"].index("--optimizer") + 1] == "adam"
     assert backend.fold_folder(311, "P", plain).parent.name == "nnUNetTrainerNoDA__P__3d_fullres"
-    backend.train(311, "P", dataclasses.replace(plain, augmentation=True))
+    backend.train(311, "P", dataclasses.replace(plain, augmentation=True, optimizer="sgd"))
     assert "--no-augmentation" not in captured["command"]
+    assert captured["command"][captured["command"].index("--optimizer") + 1] == "sgd"
     assert backend.fold_folder(311, "P", SMOKE.tumor).parent.name == "nnUNetTrainer__P__3d_fullres"
 
 
@@ -449,6 +451,22 @@ def test_smoke_run_trains_every_stage_with_nnunet_and_exports_stripped_folders(s
     assert provenance["validation"]["case_ids"] == ["FLARE23_0006"] and "tumor_dsc" in provenance["validation"]
     train_log = next((root / "work" / "nnunet" / "logs").glob("302_*train.log")).read_text()
     assert "Epoch 0" in train_log
+
+
+@pytest.mark.parametrize("dataset, optimizer", [(302, "adam"), (311, "sgd")])
+def test_smoke_models_trained_with_the_presets_optimizer(smoke_run, dataset, optimizer):
+    """SMOKE trains its organ models with AdamW and its tumor models with nnU-Net's SGD: the optimizer
+    state nnU-Net saved in the full training checkpoint shows which one ran."""
+    root, _, _ = smoke_run
+    results = root / "work" / "nnunet" / "nnUNet_results"
+    checkpoint = next(results.glob(f"Dataset{dataset}_*/*/fold_all/checkpoint_final.pth"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["optimizer_state"]
+    per_parameter = next(iter(state["state"].values()))
+    if optimizer == "adam":
+        assert state["param_groups"][0]["amsgrad"] is True and "exp_avg" in per_parameter
+    else:
+        assert state["param_groups"][0]["nesterov"] is True and "momentum_buffer" in per_parameter
+    assert (SMOKE.organ if dataset == 302 else SMOKE.tumor).optimizer == optimizer
 
 
 def test_smoke_weights_run_in_the_engine(smoke_run):

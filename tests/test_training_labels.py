@@ -217,6 +217,7 @@ def test_paper_preset_is_the_papers_tables_2_and_3():
     assert PAPER.tumor.patch_size == (56, 112, 176) and PAPER.tumor.batch_size == 4
     for net in (PAPER.organ_first, PAPER.organ, PAPER.tumor):
         assert (net.epochs, net.iterations_per_epoch, net.initial_lr) == (1000, 250, 0.01)
+        assert net.optimizer == "sgd" and net.augmentation  # nnU-Net's own trainer, as in the paper
         assert net.spacing is None and net.features_per_stage is None  # nnU-Net's planner decides
     assert PAPER.tumor_organs == (1, 4, 2, 13) and PAPER.data is None
     assert PAPER.pseudo_tumor_min_mm3 == pytest.approx(2048 * 1.6)
@@ -251,4 +252,7 @@ def test_overrides_replace_fields_and_name_mistakes():
         apply_overrides(DEMO, ["organ.epochs=0"])
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("fast")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        apply_overrides(DEMO, ["organ.optimizer=rmsprop"])
+    assert apply_overrides(DEMO, ["organ.optimizer=sgd"]).organ.optimizer == "sgd"
     assert math.isclose(apply_overrides(DEMO, ["pseudo_tumor_min_mm3=5"]).pseudo_tumor_min_mm3, 5)
