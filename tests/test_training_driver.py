@@ -278,6 +278,9 @@ def test_export_writes_a_verified_cascade_with_provenance_and_metrics(fake_run):
     assert 0 <= provenance["validation"]["mean_organ_dsc"] <= 1
     assert provenance["validation"]["case_ids"] == ["FLARE23_0006"]
     assert set(provenance["ablation"]) >= {"with_pseudo_labels", "without_pseudo_labels"}
+    training = provenance["recipe"]["training"]  # SMOKE: organ models NoDA + AdamW, tumor models nnU-Net's defaults
+    assert training["organ"].startswith("nnUNetTrainerNoDA, AdamW") and "1 x 2 iterations" in training["organ"]
+    assert training["tumor"].startswith("nnUNetTrainer, SGD Nesterov")
     assert manifest.parameters["tumor_margin_in_plane_mm"] == SMOKE.cascade["tumor_margin_in_plane_mm"]
     assert load_manifest(root / "work" / "ablation" / "weights").tumor_stages[0].folder.name == "tumor_liver"
 

@@ -866,7 +866,9 @@ class Driver:
                 "step3_pseudo_tumors": markers["pseudo_tumors"] and markers["pseudo_tumors"]["result"],
                 "step4": {"mode": "trained again from scratch with the step-2 budget and plans on real + pseudo labels",
                           "datasets": markers["tumor2_plan"] and markers["tumor2_plan"]["result"]},
-                "optimizer": "nnUNetTrainer: SGD Nesterov 0.99, poly lr (0.9), Dice + CE",
+                "training": {stage: _training_summary(net) for stage, net in
+                             (("organ_first", self.preset.organ_first), ("organ", self.preset.organ),
+                              ("tumor", self.preset.tumor))},
             },
             "git_dirty": _git_dirty(),
             "command": self.options.command,
@@ -914,6 +916,17 @@ class Driver:
                        tumor_stages=manifest["stages"]["tumor"], parameters=manifest["parameters"],
                        provenance=provenance)
         return _headline(summary)
+
+
+OPTIMIZER_DESCRIPTIONS = {"sgd": "SGD Nesterov momentum 0.99 (nnUNetTrainer)",
+                          "adam": "AdamW amsgrad (nnUNetTrainerAdam)"}
+
+
+def _training_summary(net: NetworkPreset) -> str:
+    """One line for the manifest: what trained a model (nnU-Net's poly lr 0.9 and Dice + CE always)."""
+    trainer = "nnUNetTrainer" if net.augmentation else "nnUNetTrainerNoDA"
+    return (f"{trainer}, {OPTIMIZER_DESCRIPTIONS[net.optimizer]}, lr {net.initial_lr:g} poly 0.9, Dice + CE, "
+            f"{net.epochs} x {net.iterations_per_epoch} iterations")
 
 
 def _plan_fields(net: NetworkPreset) -> dict:
