@@ -20,7 +20,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 # Main job on the built-in default input: a synthetic CT is written to $(DEMO_DIR)/inputs and segmented.
-# Without shipped weights (weights/cascade.json) it first makes them with `make weights`.
+# Uses the shipped weights/; where weights/cascade.json is missing it first makes them with `make weights`.
 predict: venv
 	@if [ ! -f weights/cascade.json ]; then \
 		echo "weights/cascade.json missing: training the cascade first (make weights)"; $(MAKE) weights; fi
@@ -39,7 +39,7 @@ docker-test: venv
 
 # Regenerate the shipped weights/ from nothing: synthetic FLARE23-format data, the semi-supervised cascade
 # recipe (steps 1-4, nnU-Net on the CPU), export, evaluation on held-out cases and the pseudo-label ablation.
-# About an hour on the 2-core dev machine (estimate in training/presets.py). Resumable: rerunning skips done
+# About 76 minutes on the 2-core dev machine (measured, BENCHMARKS.md). Resumable: rerunning skips done
 # steps; `rm -rf $(TRAIN_DIR)` starts over. Real FLARE23 on GPUs: see `python -m training --help` (preset paper).
 TRAIN_DIR ?= out/train
 .PHONY: weights

@@ -171,15 +171,14 @@ DEMO_PATIENT_SCALE = 0.3
 # 400 (BENCHMARKS.md, "Training on this CPU"). Hence Adam for every demo model, no augmentation
 # (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU) and 2000 / 2500 organ
 # iterations. Speed on the idle 2-core dev machine with 2 threads: 0.48 s per organ iteration (patch
-# 32x80x80 batch 2, 8-96 features). Measured end to end with the SGD schedule (BENCHMARKS.md, "The
-# demo preset end to end", other work beside it): organ models 1347 s + 1682 s, 8 tumor models
-# 142-170 s each, everything else about 8 min: about 77 min, under 90; the optimizer does not change
-# the cost of an iteration.
-DEMO_BUDGET_MINUTES = 77
+# 32x80x80 batch 2, 8-96 features). Measured end to end with AdamW (BENCHMARKS.md, "The demo preset
+# end to end", partly with tests beside it): organ models 1218 s + 1573 s, 8 tumor models 155-193 s
+# each, everything else about 7 min: 75.6 min, under 90 (the SGD schedule before it: about 77).
+DEMO_BUDGET_MINUTES = 76
 DEMO = Preset(
     name="demo",
     description="Small networks, short schedule with AdamW and without augmentation: the whole cascade on "
-                "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 77). Not a usable model for "
+                "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 76). Not a usable model for "
                 "real CT.",
     organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=40, iterations_per_epoch=50,
                               spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
