@@ -14,6 +14,7 @@ CASES = [  # (shape, spacing, target spacing): which path nnU-Net takes
     ((30, 40, 50), (1.0, 1.0, 1.0), (1.5, 0.7, 2.0)),  # 3D, mixed up and down
     ((16, 40, 40), (1.0, 1.0, 1.0), (1.0, 4.0, 4.0)),  # anisotropic target: separate along z
     ((18, 22, 26), (1.2, 0.9, 0.9), (1.2, 0.9, 0.9)),  # nothing to do
+    ((40, 36, 14), (0.7, 0.7, 5.0), (1.4, 1.4, 2.5)),  # thick axis last: separate x, x up
 ]
 
 
@@ -47,3 +48,11 @@ def test_plans_settings_are_validated():
     for bad in ({"order": 7}, {"order_z": "0"}, {"force_separate_z": "yes"}):
         with pytest.raises(ModelError, match="plans resampling kwargs"):
             DataResampling.from_plans(bad)
+
+
+def test_plane_threads_do_not_change_a_value():
+    image = np.random.default_rng(5).normal(size=(23, 48, 40)).astype(np.float32)
+    target = (17, 30, 26)  # z down by nearest: only the picked planes are resized
+    one = resample_like_nnunet(image, target, (2.5, 0.8, 0.8), (3.4, 1.3, 1.25), workers=1)
+    many = resample_like_nnunet(image, target, (2.5, 0.8, 0.8), (3.4, 1.3, 1.25), workers=4)
+    assert one.dtype == np.float32 and np.array_equal(one, many)
