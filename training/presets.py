@@ -52,8 +52,9 @@ class NetworkPreset:
     val_iterations: int = 2
     initial_lr: float = 0.01
     # False: nnU-Net's nnUNetTrainerNoDA (no spatial/intensity augmentation, no mirroring). The short
-    # CPU schedules use it: on the demo data a model without augmentation leaves nnU-Net's
-    # all-background start after about 1000 iterations (BENCHMARKS.md, "Training on this CPU").
+    # CPU schedules use it: it is several times cheaper per iteration on a CPU, and on the demo's
+    # varied phantoms augmentation is not what limits a short schedule (BENCHMARKS.md, "Training on
+    # this CPU").
     augmentation: bool = True
     # "sgd": nnU-Net's default (SGD Nesterov momentum 0.99). "adam": the AdamW of nnU-Net's
     # nnUNetTrainerAdam variant. The demo's 8-feature networks need Adam: with SGD at lr 0.01 they
@@ -167,8 +168,8 @@ DEMO_PATIENT_SCALE = 0.3
 # The demo budget. With nnU-Net's SGD (lr 0.01, momentum 0.99) these 8-feature networks collapse to
 # predicting background and the first organ (the liver) only leaves that plateau after about 1000
 # iterations, every other organ after more than 2500; with the AdamW of nnU-Net's nnUNetTrainerAdam at
-# lr 3e-3 the liver appears after 25 iterations and liver, spleen, both kidneys, aorta and stomach by
-# 400 (BENCHMARKS.md, "Training on this CPU"). Hence Adam for every demo model, no augmentation
+# lr 3e-3 the liver appears after 25 iterations and liver, right kidney, spleen, aorta and stomach
+# by 450 (BENCHMARKS.md, "Training on this CPU"). Hence Adam for every demo model, no augmentation
 # (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU) and 2000 / 2500 organ
 # iterations. Speed on the idle 2-core dev machine with 2 threads: 0.48 s per organ iteration (patch
 # 32x80x80 batch 2, 8-96 features). Measured end to end with AdamW (BENCHMARKS.md, "The demo preset
