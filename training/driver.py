@@ -52,7 +52,7 @@ import numpy as np
 
 from inference.io import read_image, to_sitk, write_image_atomic, write_labels, write_text_atomic
 from training.labels import TUMOR_HOSTS
-from training.presets import CONTRAST_ORGANS, ORGAN_NAMES, NetworkPreset, Preset
+from training.presets import CONTRAST_ORGANS, OPTIMIZERS, ORGAN_NAMES, NetworkPreset, Preset
 
 log = logging.getLogger(__name__)
 
@@ -918,14 +918,10 @@ class Driver:
         return _headline(summary)
 
 
-OPTIMIZER_DESCRIPTIONS = {"sgd": "SGD Nesterov momentum 0.99 (nnUNetTrainer)",
-                          "adam": "AdamW amsgrad (nnUNetTrainerAdam)"}
-
-
 def _training_summary(net: NetworkPreset) -> str:
     """One line for the manifest: what trained a model (nnU-Net's poly lr 0.9 and Dice + CE always)."""
     trainer = "nnUNetTrainer" if net.augmentation else "nnUNetTrainerNoDA"
-    return (f"{trainer}, {OPTIMIZER_DESCRIPTIONS[net.optimizer]}, lr {net.initial_lr:g} poly 0.9, Dice + CE, "
+    return (f"{trainer}, {OPTIMIZERS[net.optimizer]}, lr {net.initial_lr:g} poly 0.9, Dice + CE, "
             f"{net.epochs} x {net.iterations_per_epoch} iterations")
 
 

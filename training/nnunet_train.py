@@ -18,6 +18,8 @@ import os
 import types
 from pathlib import Path
 
+from training.presets import OPTIMIZERS
+
 CHECKPOINTS_TO_CONTINUE_FROM = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
@@ -35,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-augmentation", action="store_true",
                         help="nnU-Net's nnUNetTrainerNoDA: no spatial/intensity augmentation (several times "
                              "faster per iteration on a CPU, where augmentation dominates)")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
                         help="sgd: nnU-Net's default (SGD Nesterov momentum 0.99); adam: the optimizer of nnU-Net's "
                              "nnUNetTrainerAdam variant (AdamW, amsgrad), same poly schedule")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))

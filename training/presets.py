@@ -33,7 +33,8 @@ CONTRAST_ORGANS = (2, 13)  # kidney tumor models run only on contrast-enhanced s
 PUBLIC_PSEUDO_TUMOR_MIN_MM3 = 2048 * REFERENCE_VOXEL_MM3  # 3276.8
 
 
-OPTIMIZERS = ("sgd", "adam")
+# NetworkPreset.optimizer -> what trains with it (the manifest's description; nnunet_train's choices)
+OPTIMIZERS = {"sgd": "SGD Nesterov momentum 0.99 (nnUNetTrainer)", "adam": "AdamW amsgrad (nnUNetTrainerAdam)"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class NetworkPreset:
         if not self.initial_lr > 0:
             raise ValueError(f"initial_lr must be positive, got {self.initial_lr}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
 
     @property
     def iterations(self) -> int:
