@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,37 +71,48 @@ def write_paper_cascade(root: Path) -> Path:
     return root
 
 
-def clinical_cases(folder: Path, count: int, slices: int) -> Path:
+def clinical_cases(folder: Path, count: int, slices: int, first_seed: int = 300) -> Path:
     from inference.phantom import make_phantom, write_phantom
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         path = folder / f"clinical_{index:02d}_0000.nii.gz"
         if not path.exists():
-            phantom = make_phantom(300 + index, shape=(slices, 512, 512), spacing=(2.5, 0.8, 0.8), phase="arterial",
+            phantom = make_phantom(first_seed + index, shape=(slices, 512, 512), spacing=(2.5, 0.8, 0.8), phase="arterial",
                                    fov="random", direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
             write_phantom(phantom, path)
     return folder
 
 
-def cost(work: Path, cases: Path, device: str) -> dict:
+def cost(work: Path, cases: Path, long_cases: Path | None, device: str) -> dict:
+    """Fresh `python -m inference` processes, measured by the FLARE-style harness."""
     from evaluation.harness import run_harness
     weights = write_paper_cascade(work / "paper_weights")
     python = sys.executable
-    variants = {
-        "organ_only": f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights / 'organ'} "
-                      f"--report {work}/organ_{{case}}.json --no-progress",
-        "cascade": f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights} "
-                   f"--report {work}/cascade_{{case}}.json --no-progress",
+    organ = (f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights / 'organ'} "
+             f"--report {work}/organ_only_{{case}}.json --no-progress")
+    cascade = (f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights} "
+               f"--report {work}/{{variant}}_{{case}}.json --no-progress")
+    variants = {  # name: (command, cases)
+        "organ_only": (organ, cases),
+        "cascade": (cascade.replace("{variant}", "cascade"), cases),
+        # torch's allocator without fixed-size segments: less fragmentation counted by NVML
+        "cascade_expandable": ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                               + cascade.replace("{variant}", "cascade_expandable"), cases),
     }
+    if long_cases is not None:
+        variants["cascade_long"] = (cascade.replace("{variant}", "cascade_long"), long_cases)
     table = {}
-    for name, template in variants.items():
-        results = run_harness(template, cases, work / name, gpu_index=0, interval_s=0.1, progress=False)
+    for name, (template, folder) in variants.items():
+        results = run_harness(template, folder, work / name, gpu_index=0, interval_s=0.1, progress=False)
         table[name] = [vars(r) for r in results]
         for result in table[name]:
-            report_path = work / f"{'organ' if name == 'organ_only' else 'cascade'}_{result['case']}.json"
+            report_path = work / f"{name}_{result['case']}.json"
             if report_path.is_file():
-                case = json.loads(report_path.read_text())["cases"][0]
+                report = json.loads(report_path.read_text())
+                case = report["cases"][0]
                 result["seconds"] = {k: round(v, 2) for k, v in case["seconds"].items()}
+                result["startup_seconds"] = report.get("startup_seconds")
+                result["run_seconds"] = report["summary"]["seconds"]
                 result["details"] = case.get("details")
                 # torch's own pools at their peak: whole-device max minus this is the CUDA context,
                 # cuDNN/cuBLAS workspaces, cupy's pool and fragmentation, i.e. where to look next
@@ -108,20 +120,34 @@ def cost(work: Path, cases: Path, device: str) -> dict:
     return table
 
 
+def profile(work: Path) -> dict | None:
+    """benchmarks/gpu_profile.py in a process of its own on the first clinical case."""
+    case = sorted((work / "cases").glob("*_0000.nii.gz"))[0]
+    command = [sys.executable, "-m", "benchmarks.gpu_profile", "--weights", str(work / "paper_weights"),
+               "--case", str(case), "--out", str(work / "profile")]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    print(completed.stdout[-6000:], completed.stderr[-3000:], sep="\n")
+    path = work / "profile" / "gpu_profile.json"
+    return json.loads(path.read_text()) if completed.returncode == 0 and path.is_file() else None
+
+
 def print_table(results: dict) -> None:
     device = results["device"]
     print(f"\nGPU check on {device}")
     for key, value in results["correctness"].items():
         print(f"  {key:<48} {value:.6f}")
-    print(f"\n{'variant':<12}{'case':<14}{'status':<8}{'wall s':>8}{'GPU max MB':>12}{'torch MB':>10}"
+    print(f"\n{'variant':<20}{'case':<14}{'status':<8}{'wall s':>8}{'GPU max MB':>12}{'torch MB':>10}"
           f"{'GPU AUC MB*s':>14}{'RSS max MB':>12}")
     for variant, rows in results["cost"].items():
         for r in rows:
-            print(f"{variant:<12}{r['case']:<14}{r['status']:<8}{r['wall_s']:>8.2f}{r['gpu_max_mb'] or 0:>12.0f}"
+            print(f"{variant:<20}{r['case']:<14}{r['status']:<8}{r['wall_s']:>8.2f}{r['gpu_max_mb'] or 0:>12.0f}"
                   f"{r.get('torch_reserved_max_mb') or 0:>10.0f}{r['gpu_auc_mb_s'] or 0:>14.0f}{r['rss_max_mb']:>12.0f}")
     for variant, rows in results["cost"].items():
         for r in rows:
-            print(f"  {variant} {r['case']} steps: {r.get('seconds')}")
+            print(f"  {variant} {r['case']} steps: {r.get('seconds')} start-up: {r.get('startup_seconds')} "
+                  f"run: {r.get('run_seconds')}")
+    if results.get("idle_gpu_mb") is not None:
+        print(f"  whole-device GPU memory in use before the runs (other processes): {results['idle_gpu_mb']:.0f} MB")
 
 
 def main(argv=None) -> int:
@@ -129,6 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_check"))
     parser.add_argument("--cases", type=int, default=2)
     parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--long-slices", type=int, default=1000,
+                        help="one more case of this many slices, full cascade only (0: none)")
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cpu: a dry run of the cost part (no correctness checks), to test this script")
@@ -139,10 +167,23 @@ def main(argv=None) -> int:
         return 3
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
+    # No CUDA in this process until the fresh processes have been measured: NVML counts every
+    # context on the device, so ours would inflate their whole-device figures.
+    results = {"device": "cpu", "idle_gpu_mb": None}
+    if args.device == "cuda":
+        from evaluation.monitoring import GpuMemoryProbe
+        probe = GpuMemoryProbe.open(0)
+        if probe is not None:
+            results["device"], results["idle_gpu_mb"] = probe.name, probe.used_mb()
+            probe.close()
+    long_cases = (clinical_cases(args.work / "cases_long", 1, args.long_slices, first_seed=400)
+                  if args.long_slices else None)
+    results["cost"] = cost(args.work, clinical_cases(args.work / "cases", args.cases, args.slices), long_cases,
+                           args.device)
+    if args.device == "cuda":
+        results["profile"] = profile(args.work)
     skip = args.skip_correctness or args.device == "cpu"
     results["correctness"] = {} if skip else correctness(args.work)
-    results["cost"] = cost(args.work, clinical_cases(args.work / "cases", args.cases, args.slices), args.device)
     results["seconds"] = round(time.perf_counter() - started, 1)
     (args.work / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
     print_table(results)

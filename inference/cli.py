@@ -120,9 +120,24 @@ def main(argv=None) -> int:
     return run(args)
 
 
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (Linux /proc), so a run report can show what the
+    interpreter spent before our code ran; None where /proc is not available."""
+    try:
+        with open("/proc/self/stat") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as uptime:
+            uptime_s = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def run(args) -> int:
     started = time.perf_counter()
     from concurrent.futures import ThreadPoolExecutor
+
+    startup = {"before_run_s": seconds_since_process_start()}
 
     import torch
 
@@ -132,6 +147,7 @@ def run(args) -> int:
     from inference.model import ModelError
     from inference.pipeline import read_case, run_cases
     from inference.segmenters import DEFAULT_WEIGHTS, build_segmenter
+    startup["imports_s"] = time.perf_counter() - started
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +171,9 @@ def run(args) -> int:
                                 resampling=args.resampling)
         with ThreadPoolExecutor(1) as prefetch:  # read the first case while the weights load
             first_read = prefetch.submit(read_case, cases[0])
+            setup_started = time.perf_counter()
             segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options)
+            startup["model_setup_s"] = time.perf_counter() - setup_started
     except (ModelError, ManifestError, DeviceError, PermissionError) as error:
         log.error("fatal: %s", error)
         return EXIT_FATAL
@@ -174,7 +192,7 @@ def run(args) -> int:
              args.output, time.perf_counter() - started, len(failed))
     if args.volumes:
         _write_volume_table(args.output, reports)
-    _write_report(args, options, reports, time.perf_counter() - started)
+    _write_report(args, options, reports, time.perf_counter() - started, startup)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -206,7 +224,7 @@ def _write_volume_table(output: Path, reports) -> None:
         write_volume_reports_csv(output / "volumes.csv", tables)
 
 
-def _write_report(args, options, reports, seconds: float) -> None:
+def _write_report(args, options, reports, seconds: float, startup: dict) -> None:
     if args.report is not None and str(args.report) == "-":
         return
     path = args.report or args.output / "run_report.json"
@@ -221,6 +239,9 @@ def _write_report(args, options, reports, seconds: float) -> None:
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
                     "failed": sum(r.status != "ok" for r in reports), "seconds": round(seconds, 2),
                     "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu_mb()},
+        # where a fresh process's seconds go before the first case: interpreter start-up, our
+        # imports (torch), building the models (CUDA start-up and weight loading included)
+        "startup_seconds": {k: None if v is None else round(v, 3) for k, v in startup.items()},
         "cases": [{k: v for k, v in r.as_dict().items()} for r in reports],
     }
     write_json_atomic(path, payload)
