@@ -15,8 +15,10 @@ by an organ rule.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -224,6 +226,18 @@ def _as_organ_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint8, copy=False)
 
 
+def _check_tumor_labels(stage: TumorStage) -> None:
+    """The labels a tumor model's dataset.json declares, checked before its weights load."""
+    try:
+        labels = json.loads((stage.folder / "dataset.json").read_text()).get("labels", {})
+    except (OSError, ValueError) as error:
+        raise ManifestError(f"{stage.folder}/dataset.json: unreadable ({error})") from None
+    values = list(labels.values()) if isinstance(labels, dict) else []
+    if not all(isinstance(v, int) for v in values) or sorted(values) != [0, TUMOR_MODEL_LABEL]:
+        raise ManifestError(f"{stage.folder}: a tumor model must have labels [0, {TUMOR_MODEL_LABEL}] "
+                            f"(background, tumor), got {values}")
+
+
 def _check_tumor_model(model, stage: TumorStage) -> None:
     values = model.config.label_values
     if values != [0, TUMOR_MODEL_LABEL]:
@@ -259,9 +273,28 @@ class CascadeSegmenter:
                              f"the manifest's stages {sorted(hosts)}")
         self._organ_stage_clamps = organ_stage is None  # a model stage clamps while preprocessing
         self.organ_stage = organ_stage or self._load(manifest.organ_folder)
-        self.tumor_stage_fns = dict(tumor_stage_fns) if tumor_stage_fns is not None else {
-            stage.organ: self._load(stage.folder, stage) for stage in self.tumor_stages}
+        self._tumor_fns: dict[int, StageFn | Future] = dict(tumor_stage_fns or {})
+        if tumor_stage_fns is None:
+            for stage in self.tumor_stages:
+                _check_tumor_labels(stage)
+            # The tumor models load on a thread while the first case's organ stage runs (1.3-1.9 s
+            # of a fresh GPU process, BENCHMARKS.md "GPU check"). Their files were checksummed with
+            # the manifest and their labels checked above; a network that still fails to load
+            # fails each case that reaches its stage, naming the folder.
+            loader = ThreadPoolExecutor(1, thread_name_prefix="tumor-models")
+            self._tumor_fns = {stage.organ: loader.submit(self._load, stage.folder, stage)
+                               for stage in self.tumor_stages}
+            loader.shutdown(wait=False)
         self.last_case_info: dict = {}
+
+    @property
+    def tumor_stage_fns(self) -> dict[int, StageFn]:
+        """{host organ label: stage callable}, waiting for models still loading."""
+        return {organ: self._tumor_fn(organ) for organ in self._tumor_fns}
+
+    def _tumor_fn(self, organ: int) -> StageFn:
+        fn = self._tumor_fns[organ]
+        return fn.result() if isinstance(fn, Future) else fn
 
     def _load(self, folder, tumor_stage: TumorStage | None = None) -> StageFn:
         from inference.model import load_model
@@ -324,7 +357,7 @@ class CascadeSegmenter:
                 info["tumor_stages_skipped"][name] = "organ absent"
                 return
             crop = sanitize_hu(volume[box])
-            output = self._run(self.tumor_stage_fns[stage.organ], crop, geometry,
+            output = self._run(self._tumor_fn(stage.organ), crop, geometry,
                                info["stage_seconds"].setdefault(name, {}), f"tumor stage for {name}")
             found = _tumor_mask(output, name)
             result = filter_tumor(found, organ[box], geometry, self.params)

@@ -28,9 +28,7 @@ def _step_size(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inference.export import EXPORT_METHODS
-    from inference.preprocessing import RESAMPLINGS
-    from inference.sliding_window import PRECISIONS
+    from inference.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", type=Path, help="folder of scans, one scan file, or a DICOM folder")
@@ -38,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, default=None,
                         help="cascade folder with cascade.json (default: the shipped weights/) "
                              "or a single nnU-Net v2 model folder")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--step-size", type=_step_size, default=0.5, help="sliding-window step, fraction of the patch")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="network autocast (default: fp16 on CUDA, fp32 on CPU)")
@@ -135,22 +133,12 @@ def seconds_since_process_start() -> float | None:
 
 def run(args) -> int:
     started = time.perf_counter()
+    startup = {"before_run_s": seconds_since_process_start()}
     from concurrent.futures import ThreadPoolExecutor
 
-    startup = {"before_run_s": seconds_since_process_start()}
-
-    import torch
-
-    from inference.engine import DeviceError, EngineOptions, default_precision, resolve_device
     from inference.io import discover_cases
-    from inference.manifest import ManifestError
-    from inference.model import ModelError
     from inference.pipeline import read_case, run_cases
-    from inference.segmenters import DEFAULT_WEIGHTS, build_segmenter
-    startup["imports_s"] = time.perf_counter() - started
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.demo is not None and not args.input.exists():
         write_demo_input(args.demo)
     try:
@@ -161,22 +149,34 @@ def run(args) -> int:
     if not cases:
         log.error("%s: no input scans found", args.input)
         return EXIT_USAGE
-    try:
-        if args.output.resolve() == args.input.resolve():
-            raise PermissionError(f"{args.output}: output folder must differ from the input folder")
-        check_output_folder(args.output)
-        device = resolve_device(args.device)
-        options = EngineOptions(device=device, step_size=args.step_size,
-                                precision=args.precision or default_precision(device), export=args.export,
-                                resampling=args.resampling)
-        with ThreadPoolExecutor(1) as prefetch:  # read the first case while the weights load
-            first_read = prefetch.submit(read_case, cases[0])
+    # The first scan is read while torch is imported and the weights load: SimpleITK releases the
+    # GIL while it decodes, and a fresh process spends seconds in `import torch` (4.8 s on the H100
+    # machine, BENCHMARKS.md "GPU check").
+    with ThreadPoolExecutor(1) as prefetch:
+        first_read = prefetch.submit(read_case, cases[0])
+        import torch
+
+        from inference.engine import DeviceError, EngineOptions, default_precision, resolve_device
+        from inference.manifest import ManifestError
+        from inference.model import ModelError
+        from inference.segmenters import DEFAULT_WEIGHTS, build_segmenter
+        startup["imports_s"] = time.perf_counter() - started
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            if args.output.resolve() == args.input.resolve():
+                raise PermissionError(f"{args.output}: output folder must differ from the input folder")
+            check_output_folder(args.output)
+            device = resolve_device(args.device)
+            options = EngineOptions(device=device, step_size=args.step_size,
+                                    precision=args.precision or default_precision(device), export=args.export,
+                                    resampling=args.resampling)
             setup_started = time.perf_counter()
             segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options)
             startup["model_setup_s"] = time.perf_counter() - setup_started
-    except (ModelError, ManifestError, DeviceError, PermissionError) as error:
-        log.error("fatal: %s", error)
-        return EXIT_FATAL
+        except (ModelError, ManifestError, DeviceError, PermissionError) as error:
+            log.error("fatal: %s", error)
+            return EXIT_FATAL
     log.info("%d case(s) from %s on %s (%s, step %.2f, export %s)", len(cases), args.input, device,
              options.precision, options.step_size, options.export)
     on_case_done = _case_extras(args) if (args.volumes or args.preview) else None

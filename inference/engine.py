@@ -8,15 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inference.export import EXPORT_METHODS, NO_NEAREST_AXES, SlabExport
+from inference.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
+from inference.export import NO_NEAREST_AXES, SlabExport
 from inference.model import LoadedModel
 from inference.nnunet_resampling import nearest_axes
-from inference.preprocessing import RESAMPLINGS, Preprocessed, preprocess
-from inference.sliding_window import PRECISIONS, predict_sliding_window, sliding_window_slabs
+from inference.preprocessing import Preprocessed, preprocess
+from inference.sliding_window import predict_sliding_window, sliding_window_slabs
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class DeviceError(RuntimeError):

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.choices import EXPORT_METHODS
 from inference.preprocessing import Preprocessed
 from inference.nnunet_resampling import nearest_indices
 from inference.resampling import area_bins, linear_source_weights, resample_torch, source_range_for_output
 
 NO_NEAREST_AXES = (False, False, False)
 
-EXPORT_METHODS = ("logits", "argmax")
 SLAB_BYTES = 256 * 2**20  # working set per slab; keeps CPU RSS and GPU memory bounded on any length
 # Interpolating a border voxel at its corners (8 gathers of every class) costs about 2.5 times a
 # voxel of the dense separable passes (CPU-2, 1 thread: a map that is all border took 2.43 s

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from inference.choices import RESAMPLINGS
 from inference.model import ModelConfig
 from inference.nnunet_resampling import resample_like_nnunet
 from inference.resampling import compute_new_shape, resample_torch
 
-RESAMPLINGS = ("fast", "nnunet")
 
 # HU outside this range is not tissue: scanner padding (-32768, -3024) and metal streak extremes.
 HU_FLOOR, HU_CEILING = -1024.0, 3071.0

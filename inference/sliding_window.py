@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-log = logging.getLogger(__name__)
+from inference.choices import PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+log = logging.getLogger(__name__)
 
 
 def compute_steps(image_size, patch_size, step_size: float) -> list[list[int]]:
