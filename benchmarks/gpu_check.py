@@ -1,14 +1,20 @@
 """GPU check, prepared to finish within about 5 minutes on one lent GPU (see benchmarks/gpu_check.sh).
 
-1. Correctness on small cases: the CUDA path (fp32 and fp16) gives the labels of the CPU path, the
-   cupy resampling backend matches the scipy oracle, and the cascade on CUDA matches the CPU.
+1. Correctness on small cases (run last): the CUDA path (fp32 and fp16) gives the labels of the CPU
+   path, and the cupy resampling backend matches the scipy oracle.
 2. Cost on clinical-size synthetic cases (512x512xN at 0.8x0.8x2.5 mm): a fresh `python -m inference`
    process per case (imports, CUDA start-up and weight loading included), whole-device GPU memory
    (NVML total minus free every 0.1 s: max and area under the curve) and wall time, for the organ
    model alone and for the full cascade, with networks of the paper's size (organ: 6-stage U-Net
    32-320 features, patch 96x160x160; tumor: 5 stages, patch 56x112x176). The weights are random:
-   time and memory depend on the architecture and the crop sizes, not on the weight values;
-   the crop sizes each case produced are printed beside the figures.
+   the network's time and memory depend on the architecture, not on the weight values; the
+   post-processing and the tumor crops depend on the scattered labels such a model draws, so their
+   seconds are not those of a trained model. Variants: the organ model
+   alone, the cascade, the cascade with torch's expandable segments, and the cascade on one long
+   (1000-slice) case. The fresh processes run before this process touches CUDA (NVML counts
+   every context on the device).
+3. benchmarks/gpu_profile.py in a process of its own: start-up steps, whole-device memory after
+   each, torch's peaks, and the organ model's slab path against its whole-map path.
 
     python -m benchmarks.gpu_check --work /tmp/gpu_check [--cases 2] [--slices 300]
 """
