@@ -459,3 +459,21 @@ def test_real_models_are_wired_from_the_manifest(tmp_path):
     wrong = Manifest(tmp_path, organ, (TumorStage(LIVER, organ),), {})
     with pytest.raises(ManifestError, match="a tumor model must have labels"):
         CascadeSegmenter(wrong, EngineOptions())
+
+
+def test_a_tumor_model_that_fails_to_load_in_the_background_fails_its_cases(tmp_path):
+    """Tumor weights load on a thread during the organ stage: a network that does not fit its
+    plans cannot stop the start, but every case that reaches its stage fails, naming the folder."""
+    import shutil
+
+    from inference.model import ModelError
+    from tests.factories import make_model_folder
+    organ = make_model_folder(tmp_path / "organ", bias_class=1)  # liver everywhere
+    tumor = make_model_folder(tmp_path / "tumor_liver", labels={"background": 0, "tumor": 1})
+    shutil.copy(organ / "fold_all" / "checkpoint_final.pth", tumor / "fold_all" / "checkpoint_final.pth")
+    manifest = Manifest(tmp_path, organ, (TumorStage(LIVER, tumor),), {"aorta_min_mm3": 1.0})
+    seg = CascadeSegmenter(manifest, EngineOptions())
+    volume = np.random.default_rng(0).normal(40, 100, (16, 40, 36)).astype(np.float32)
+    for _ in range(2):
+        with pytest.raises(ModelError, match="tumor_liver: weights do not match"):
+            seg.segment(volume, Geometry(volume.shape, (2.5, 1.6, 1.6)), {})
