@@ -18,7 +18,6 @@ from inference.sliding_window import predict_sliding_window, sliding_window_slab
 log = logging.getLogger(__name__)
 
 
-
 class DeviceError(RuntimeError):
     """The requested device is not available (a fatal environment error)."""
 
@@ -125,13 +124,25 @@ class ModelRunner:
         slab of the paper's organ model 0.35 GB). Labels equal the whole-map path's up to float
         rounding (SlabExport).
         """
+        if self.options.device.type == "cpu":
+            return self._segment_by_slabs(volume, spacing, timings, clamp_hu)
+        try:
+            return self._segment_by_slabs(volume, spacing, timings, clamp_hu)
+        except torch.OutOfMemoryError:
+            log.warning("GPU out of memory; this scan's logits accumulate in host RAM instead")
+            torch.cuda.empty_cache()
+            return self._segment_by_slabs(volume, spacing, timings, clamp_hu, accumulate_device=torch.device("cpu"))
+
+    def _segment_by_slabs(self, volume: np.ndarray, spacing, timings: dict[str, float], clamp_hu: bool,
+                          accumulate_device: torch.device | None = None) -> np.ndarray:
         timer = Timer(timings)
         with timer("preprocess"):
             pre = preprocess(volume, spacing, self.config, device=self.options.device, clamp_hu=clamp_hu,
                              resampling=self.options.resampling)
         exporter = SlabExport(pre, pre.data.shape[1:], self.options.export, self.export_nearest_axes(pre))
         slabs = sliding_window_slabs(self.model, pre.data, self.config.patch_size, self.config.num_classes,
-                                     step_size=self.options.step_size, precision=self.options.precision)
+                                     step_size=self.options.step_size, precision=self.options.precision,
+                                     accumulate_device=accumulate_device)
         while True:
             with timer("network"):
                 item = next(slabs, None)

@@ -116,6 +116,7 @@ def predict_sliding_window(network: Callable[[torch.Tensor], torch.Tensor], volu
 @torch.inference_mode()
 def sliding_window_slabs(network: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
                          patch_size, num_classes: int, *, step_size: float = 0.5, precision: str = "fp32",
+                         accumulate_device: torch.device | str | None = None,
                          use_gaussian: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
     """`predict_sliding_window`'s logits, yielded as finished z-slabs: (z0, logits[:, z0:z1]) in order.
 
@@ -125,15 +126,18 @@ def sliding_window_slabs(network: Callable[[torch.Tensor], torch.Tensor], volume
     normalised and handed out, and only a patch-deep accumulator is ever held. Memory is therefore
     the same for 100 or 10000 slices (the full map of a 512x512x1000 CT is 3.7 GB for 14 classes).
     Autocast wraps the network call alone: it must not leak into the consumer while we are suspended.
+    `accumulate_device` (default: the volume's) holds the accumulator and receives the slabs: host
+    RAM for a GPU run that has no room for it (the values are the same).
     """
     compute_device = volume.device
+    accumulate_device = torch.device(accumulate_device) if accumulate_device is not None else compute_device
     padded, unpad = pad_to_patch(volume, patch_size)
     spatial = tuple(padded.shape[1:])
     depth = int(patch_size[0])
-    accumulator = torch.zeros((num_classes, depth, *spatial[1:]), dtype=torch.float32, device=compute_device)
-    weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=compute_device)
-    gaussian = (gaussian_importance_map(patch_size, device=compute_device) if use_gaussian
-                else torch.ones(tuple(patch_size), device=compute_device))
+    accumulator = torch.zeros((num_classes, depth, *spatial[1:]), dtype=torch.float32, device=accumulate_device)
+    weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=accumulate_device)
+    gaussian = (gaussian_importance_map(patch_size, device=accumulate_device) if use_gaussian
+                else torch.ones(tuple(patch_size), device=accumulate_device))
     origin = 0  # padded z index of the accumulator's first row
     for tile in _tile_slices(compute_steps(spatial, patch_size, step_size), patch_size):
         start = tile[0].start
@@ -145,7 +149,7 @@ def sliding_window_slabs(network: Callable[[torch.Tensor], torch.Tensor], volume
         with autocast_context(compute_device, precision):
             prediction = network(padded[(slice(None), *tile)][None])[0]
         local = (slice(0, depth), *tile[1:])
-        accumulator[(slice(None), *local)] += prediction.float() * gaussian
+        accumulator[(slice(None), *local)] += prediction.float().to(accumulate_device) * gaussian
         weights[local] += gaussian
     yield from _unpadded(origin, accumulator[:, :spatial[0] - origin] / weights[:spatial[0] - origin], unpad)
 

@@ -109,6 +109,30 @@ def test_streamed_engine_agrees_with_the_whole_logit_map(model_folder, export):
     assert {"preprocess", "network", "export"} <= set(timings)
 
 
+def test_host_accumulation_gives_the_same_labels(model_folder, monkeypatch):
+    """The GPU's out-of-memory fallback accumulates the logits in host RAM: same labels. On the CPU
+    both accumulators are host memory; where CUDA exists the network runs on the GPU, and the
+    first attempt is made to run out of memory so that `segment` takes the fallback itself."""
+    import inference.engine as engine
+    image, spacing = synthetic_ct((40, 70, 66)), (2.5, 0.8, 0.8)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runner = ModelRunner(load_model(model_folder), EngineOptions(device=device))
+    reference = runner.segment(image, spacing, {}, clamp_hu=True)
+    host = runner._segment_by_slabs(image, spacing, {}, True, accumulate_device=torch.device("cpu"))
+    np.testing.assert_array_equal(host, reference)
+    if device.type == "cuda":
+        real, calls = engine.sliding_window_slabs, []
+
+        def out_of_memory_once(*args, **kwargs):
+            calls.append(kwargs.get("accumulate_device"))
+            if len(calls) == 1:
+                raise torch.OutOfMemoryError("simulated")
+            return real(*args, **kwargs)
+        monkeypatch.setattr(engine, "sliding_window_slabs", out_of_memory_once)
+        np.testing.assert_array_equal(runner.segment(image, spacing, {}, clamp_hu=True), reference)
+        assert calls == [None, torch.device("cpu")]
+
+
 def test_cascade_model_stages_clamp_without_a_copy_and_match_clamped_input(tmp_path, model_folder):
     """A cascade whose organ model clamps while preprocessing labels the scan exactly like the
     same models handed a clamped copy (the stage contract for injected stages)."""

@@ -117,6 +117,17 @@ def test_slabs_equal_the_whole_map_bit_for_bit(shape, patch, step, precision):
     assert torch.equal(slabs, whole)
 
 
+def test_slabs_accumulated_on_another_device_are_equal():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+    volume = torch.randn(1, 40, 20, 24)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    whole = predict_sliding_window(conv.to(device), volume.to(device), (16, 12, 12), 3)
+    parts = list(sliding_window_slabs(conv.to(device), volume.to(device), (16, 12, 12), 3, accumulate_device="cpu"))
+    assert all(slab.device.type == "cpu" for _, slab in parts)
+    torch.testing.assert_close(torch.cat([slab for _, slab in parts], dim=1), whole.cpu(), rtol=0, atol=0)
+
+
 def test_autocast_does_not_leak_into_the_consumer():
     """The generator is suspended between slabs: the caller's export must run in plain fp32."""
     seen = []
