@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from evaluation.monitoring import GpuMemoryProbe
     probe = GpuMemoryProbe.open(0)
+    if probe is None:
+        print("no GPU visible to NVML: this profile needs one", file=sys.stderr)
+        return 3
     steps: dict[str, dict] = {}
 
     def mark(name: str, started: float) -> float:
