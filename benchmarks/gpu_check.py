@@ -94,19 +94,19 @@ def cost(work: Path, cases: Path, long_cases: Path | None, device: str) -> dict:
     from evaluation.harness import run_harness
     weights = write_paper_cascade(work / "paper_weights")
     python = sys.executable
-    organ = (f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights / 'organ'} "
-             f"--report {work}/organ_only_{{case}}.json --no-progress")
-    cascade = (f"{python} -m inference -i {{input}} -o {{output}} --device {device} --model {weights} "
-               f"--report {work}/{{variant}}_{{case}}.json --no-progress")
+
+    def command(model: Path, name: str, environment: str = "") -> str:
+        return (f"{environment}{python} -m inference -i {{input}} -o {{output}} --device {device} --model {model} "
+                f"--report {work}/{name}_{{case}}.json --no-progress")
     variants = {  # name: (command, cases)
-        "organ_only": (organ, cases),
-        "cascade": (cascade.replace("{variant}", "cascade"), cases),
+        "organ_only": (command(weights / "organ", "organ_only"), cases),
+        "cascade": (command(weights, "cascade"), cases),
         # torch's allocator without fixed-size segments: less fragmentation counted by NVML
-        "cascade_expandable": ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
-                               + cascade.replace("{variant}", "cascade_expandable"), cases),
+        "cascade_expandable": (command(weights, "cascade_expandable", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "),
+                               cases),
     }
     if long_cases is not None:
-        variants["cascade_long"] = (cascade.replace("{variant}", "cascade_long"), long_cases)
+        variants["cascade_long"] = (command(weights, "cascade_long"), long_cases)
     table = {}
     for name, (template, folder) in variants.items():
         results = run_harness(template, folder, work / name, gpu_index=0, interval_s=0.1, progress=False)

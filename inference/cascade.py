@@ -15,7 +15,6 @@ by an organ rule.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +29,7 @@ from inference.cascade_params import CascadeParameters
 from inference.engine import EngineOptions, ModelRunner, Timer
 from inference.geometry import Geometry
 from inference.manifest import Manifest, ManifestError, TumorStage
+from inference.model import load_model, read_label_values
 from inference.postprocessing import postprocess_organs
 from inference.preprocessing import sanitize_hu
 from inference.report import LABEL_NAMES
@@ -227,19 +227,8 @@ def _as_organ_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _check_tumor_labels(stage: TumorStage) -> None:
-    """The labels a tumor model's dataset.json declares, checked before its weights load."""
-    try:
-        labels = json.loads((stage.folder / "dataset.json").read_text()).get("labels", {})
-    except (OSError, ValueError) as error:
-        raise ManifestError(f"{stage.folder}/dataset.json: unreadable ({error})") from None
-    values = list(labels.values()) if isinstance(labels, dict) else []
-    if not all(isinstance(v, int) for v in values) or sorted(values) != [0, TUMOR_MODEL_LABEL]:
-        raise ManifestError(f"{stage.folder}: a tumor model must have labels [0, {TUMOR_MODEL_LABEL}] "
-                            f"(background, tumor), got {values}")
-
-
-def _check_tumor_model(model, stage: TumorStage) -> None:
-    values = model.config.label_values
+    """A tumor model declares background and tumor only; checked before its weights load."""
+    values = read_label_values(stage.folder)
     if values != [0, TUMOR_MODEL_LABEL]:
         raise ManifestError(f"{stage.folder}: a tumor model must have labels [0, {TUMOR_MODEL_LABEL}] "
                             f"(background, tumor), got {values}")
@@ -282,7 +271,7 @@ class CascadeSegmenter:
             # the manifest and their labels checked above; a network that still fails to load
             # fails each case that reaches its stage, naming the folder.
             loader = ThreadPoolExecutor(1, thread_name_prefix="tumor-models")
-            self._tumor_fns = {stage.organ: loader.submit(self._load, stage.folder, stage)
+            self._tumor_fns = {stage.organ: loader.submit(self._load, stage.folder)
                                for stage in self.tumor_stages}
             loader.shutdown(wait=False)
         self.last_case_info: dict = {}
@@ -296,11 +285,8 @@ class CascadeSegmenter:
         fn = self._tumor_fns[organ]
         return fn.result() if isinstance(fn, Future) else fn
 
-    def _load(self, folder, tumor_stage: TumorStage | None = None) -> StageFn:
-        from inference.model import load_model
+    def _load(self, folder) -> StageFn:
         model = load_model(folder, device=self.options.device)
-        if tumor_stage is not None:
-            _check_tumor_model(model, tumor_stage)
         return functools.partial(ModelRunner(model, self.options).segment, clamp_hu=True)
 
     def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:

@@ -179,13 +179,25 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def _dataset_labels(folder: Path, dataset: dict) -> dict[str, int]:
+    labels = dataset.get("labels", {})
+    if any(not isinstance(v, int) for v in labels.values()):
+        raise ModelError(f"{folder}/dataset.json: region-based labels are not supported")
+    return labels
+
+
+def read_label_values(folder) -> list[int]:
+    """The label values of a model folder's dataset.json (`ModelConfig.label_values`), read
+    without building the network or loading weights."""
+    folder = Path(folder)
+    return sorted(_dataset_labels(folder, _read_json(folder / "dataset.json")).values())
+
+
 def read_model_config(folder: Path, configuration: str, allowed_mirroring_axes=None) -> ModelConfig:
     plans = _read_json(folder / "plans.json")
     dataset = _read_json(folder / "dataset.json")
     entry = resolve_configuration(plans, configuration)
-    labels = dataset.get("labels", {})
-    if any(not isinstance(v, int) for v in labels.values()):
-        raise ModelError(f"{folder}/dataset.json: region-based labels are not supported")
+    labels = _dataset_labels(folder, dataset)
     channels = dataset.get("channel_names", dataset.get("modality", {}))
     if len(channels) != 1:
         raise ModelError(f"{folder}: {len(channels)} input channels; this engine runs single-channel CT models")

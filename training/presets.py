@@ -53,9 +53,9 @@ class NetworkPreset:
     val_iterations: int = 2
     initial_lr: float = 0.01
     # False: nnU-Net's nnUNetTrainerNoDA (no spatial/intensity augmentation, no mirroring). The short
-    # CPU schedules use it: it is several times cheaper per iteration on a CPU, and on the demo's
-    # varied phantoms augmentation is not what limits a short schedule (BENCHMARKS.md, "Training on
-    # this CPU").
+    # CPU schedules use it: it is several times cheaper per iteration on a CPU. The demo organ model
+    # is limited by generalisation, not iterations (BENCHMARKS.md, "Twice the organ iterations do
+    # not help the held-out cases"); whether augmentation pays within its budget is not measured.
     augmentation: bool = True
     # "sgd": nnU-Net's default (SGD Nesterov momentum 0.99). "adam": the AdamW of nnU-Net's
     # nnUNetTrainerAdam variant. The demo's 8-feature networks need Adam: with SGD at lr 0.01 they
