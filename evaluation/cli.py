@@ -3,7 +3,10 @@
 Predictions are paired with ground truths by case ID (`<ID>.nii.gz` or `<ID>_0000.nii.gz`). Every
 pair is checked before any scoring: a missing prediction or a shape mismatch stops the run with
 exit code 1 and a message naming the case(s), like the organisers' scorer (which stops too).
-Outputs: `metrics.csv` (case, label, dsc, nsd) and `summary.json` in OUT_DIR.
+Outputs: `metrics.csv` (case, label, dsc, nsd) and `summary.json` in OUT_DIR; with `--lesions` also
+`lesions.csv` (every true and false tumour component: host organ, volume, share found) and a
+"lesions" section in summary.json (detections by host organ and size, false lesions by location;
+see evaluation/lesions.py).
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from evaluation.lesions import LESION_COLUMNS, case_lesions, lesion_rows, summarize_lesions
 from evaluation.metrics import NSD_MIN_DSC, evaluate_case
-from evaluation.results import summarize, write_metrics_csv, write_summary_json
+from evaluation.results import summarize, write_csv, write_metrics_csv, write_summary_json
 from inference.io import Case, InputError, discover_cases, read_image
+from inference.report import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +100,13 @@ def read_labels(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 
 def evaluate_folders(pred_dir, gt_dir, out_dir, *, nsd_min_dsc: float = NSD_MIN_DSC,
-                     inclusive_z_range: bool = False, progress: bool = False) -> dict:
-    """Score every case, write metrics.csv and summary.json, return the summary (Python API)."""
+                     inclusive_z_range: bool = False, lesions: bool = False, progress: bool = False) -> dict:
+    """Score every case, write metrics.csv and summary.json (and lesions.csv with `lesions`), return
+    the summary (Python API)."""
     pred_dir, gt_dir, out_dir = Path(pred_dir), Path(gt_dir), Path(out_dir)
     pairs = pair_cases(pred_dir, gt_dir)
     check_shapes(pairs)
-    scores = {}
+    scores, found_lesions = {}, []
     for case_id, pred_path, gt_path in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
         started = time.perf_counter()
         try:
@@ -116,11 +122,16 @@ def evaluate_folders(pred_dir, gt_dir, out_dir, *, nsd_min_dsc: float = NSD_MIN_
                         case_id, pred_spacing, gt_spacing)
         scores[case_id] = evaluate_case(gt, pred, gt_spacing, nsd_min_dsc=nsd_min_dsc,
                                         inclusive_z_range=inclusive_z_range)
+        if lesions:
+            found_lesions += case_lesions(case_id, gt, pred, gt_spacing)
         log.info("case %s scored in %.2f s", case_id, time.perf_counter() - started)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(out_dir / "metrics.csv", scores)
     summary = summarize(scores)
     summary["settings"] = {"nsd_min_dsc": nsd_min_dsc, "inclusive_z_range": inclusive_z_range}
+    if lesions:
+        write_csv(out_dir / "lesions.csv", LESION_COLUMNS, lesion_rows(found_lesions))
+        summary["lesions"] = summarize_lesions(found_lesions, LABEL_NAMES)
     write_summary_json(out_dir / "summary.json", summary)
     return summary
 
@@ -136,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inclusive-z-range", action="store_true",
                         help="for aorta, IVC, esophagus keep the ground truth's last z slice "
                              "(the organisers' script drops it)")
+    parser.add_argument("--lesions", action="store_true",
+                        help="also write lesions.csv and a lesion-wise tumour summary (detections by host "
+                             "organ and size, false lesions by location)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log per-case timings")
     return parser
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = evaluate_folders(args.pred, args.gt, args.out, nsd_min_dsc=args.nsd_min_dsc,
-                                   inclusive_z_range=args.inclusive_z_range,
+                                   inclusive_z_range=args.inclusive_z_range, lesions=args.lesions,
                                    progress=not args.no_progress and sys.stderr.isatty())
     except EvaluationError as error:
         log.error("%s", error)
@@ -156,4 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     # The one result line of the command goes to stdout; diagnostics go through logging (stderr).
     print(f"{summary['cases']} case(s): organ DSC {organ['dsc']:.4f} NSD {organ['nsd']:.4f}; "
           f"tumor DSC {tumor['dsc']:.4f} NSD {tumor['nsd']:.4f}; written to {args.out}")
+    if args.lesions:
+        table = summary["lesions"]
+        hosts = ", ".join(f"{host} {c['detected']}/{c['lesions']}" for host, c in table["by_host"].items())
+        print(f"tumours: {table['true']['detected']} of {table['true']['lesions']} detected ({hosts}); "
+              f"{table['false']['lesions']} false lesion(s), {table['false']['volume_mm3']:g} mm3")
     return EXIT_OK

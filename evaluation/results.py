@@ -23,10 +23,14 @@ def metrics_rows(scores: Mapping[str, Sequence[LabelScore]]) -> list[dict]:
 
 def write_metrics_csv(path, scores: Mapping[str, Sequence[LabelScore]]) -> None:
     """One row per case and label; full float precision (rounding is for display only)."""
+    write_csv(path, METRICS_COLUMNS, metrics_rows(scores))
+
+
+def write_csv(path, columns: Sequence[str], rows: Sequence[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(metrics_rows(scores))
+    writer.writerows(rows)
     write_text_atomic(Path(path), buffer.getvalue())
 
 
