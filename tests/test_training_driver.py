@@ -277,6 +277,8 @@ def test_export_writes_a_verified_cascade_with_provenance_and_metrics(fake_run):
     assert "git_commit" in provenance and provenance["training_data"]["cases_by_kind"]["full"] == 2
     assert 0 <= provenance["validation"]["mean_organ_dsc"] <= 1
     assert provenance["validation"]["case_ids"] == ["FLARE23_0006"]
+    lesions = provenance["validation"]["lesions"]  # the lesion-wise table, counted on the validation case
+    assert lesions["true"]["lesions"] == sum(c["lesions"] for c in lesions["by_size"].values())
     assert set(provenance["ablation"]) >= {"with_pseudo_labels", "without_pseudo_labels"}
     training = provenance["recipe"]["training"]  # SMOKE: organ models NoDA + AdamW, tumor models nnU-Net's defaults
     assert training["organ"].startswith("nnUNetTrainerNoDA, AdamW") and "1 x 2 iterations" in training["organ"]

@@ -4,7 +4,8 @@ The folder runs through the inference engine exactly as shipped (`build_segmente
 orientation, cascade, post-processing); `evaluation.metrics.evaluate_case` scores each case.
 Summary: mean organ DSC/NSD (mean of the 13 organs per case, then over cases), tumor DSC/NSD
 over all cases (both empty = 1, the organisers' rule, so a tumor-free case without a false
-positive scores 1) and over the tumor-bearing cases only.
+positive scores 1) and over the tumor-bearing cases only, plus the lesion-wise tumour table's
+summary (`evaluation.lesions`: detections by host organ and size, false lesions by location).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def evaluate_weights(weights: Path, cases: Sequence[tuple[str, Path, Path]], *, 
     """cases: (case_id, image_path, label_path). Returns the summary with per-case scores."""
     import torch
 
+    from evaluation.lesions import case_lesions, summarize_lesions
     from evaluation.metrics import evaluate_case
     from inference.engine import EngineOptions, default_precision
     from inference.io import read_ct, read_image
@@ -34,23 +36,27 @@ def evaluate_weights(weights: Path, cases: Sequence[tuple[str, Path, Path]], *, 
 
     torch_device = torch.device(device)
     segmenter = build_segmenter(weights, EngineOptions(device=torch_device, precision=default_precision(torch_device)))
-    per_case = {}
+    per_case, lesions = {}, []
     for case_id, image_path, label_path in cases:
         start = time.perf_counter()
         volume, geometry = read_ct(image_path)
         predicted = segment_canonical(segmenter, volume, geometry, {})
         truth = read_image(label_path)[0].astype(np.uint8)
         scores = {s.label: s for s in evaluate_case(truth, predicted, geometry.spacing)}
+        found = case_lesions(case_id, truth, predicted, geometry.spacing)
+        lesions += found
         per_case[case_id] = {
             "organ_dsc": {LABEL_NAMES[o]: round(scores[o].dsc, 4) for o in ORGANS},
             "organ_nsd": {LABEL_NAMES[o]: round(scores[o].nsd, 4) for o in ORGANS},
             "tumor_dsc": round(scores[TUMOR].dsc, 4), "tumor_nsd": round(scores[TUMOR].nsd, 4),
             "tumor_in_truth": bool((truth == TUMOR).any()), "tumor_predicted": bool((predicted == TUMOR).any()),
+            "tumor_lesions": {"true": sum(l.kind == "true" for l in found), "detected": sum(l.detected for l in found),
+                              "false": sum(l.kind == "false" for l in found)},
             "seconds": round(time.perf_counter() - start, 2),
         }
         log.info("%s: organ DSC %.3f, tumor DSC %.3f", case_id,
                  np.mean(list(per_case[case_id]["organ_dsc"].values())), per_case[case_id]["tumor_dsc"])
-    return summarize(per_case)
+    return {**summarize(per_case), "lesions": summarize_lesions(lesions, LABEL_NAMES)}
 
 
 def summarize(per_case: dict) -> dict:
