@@ -493,3 +493,26 @@ def test_smoke_rerun_skips_and_a_cascade_parameter_redoes_only_export_and_evalua
     report = run(changed)
     assert {r["unit"] for r in report if r["status"] == "ran"} == {"export", "ablation", "evaluate"}
     assert load_manifest(root / "weights").parameters["contrast_hu_threshold"] == 300
+
+
+def test_git_dirty_leaves_out_the_weights_folder_the_run_writes(tmp_path, monkeypatch):
+    import subprocess
+
+    from training import driver as driver_module
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "weights" / "model.pth").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(driver_module, "REPO_ROOT", tmp_path)
+    assert driver_module._git_dirty(exclude=tmp_path / "weights") is False
+    (tmp_path / "weights" / "model.pth").write_text("new\n")  # the run's own output
+    assert driver_module._git_dirty(exclude=tmp_path / "weights") is False
+    assert driver_module._git_dirty() is True
+    (tmp_path / "code.py").write_text("a = 2\n")  # a change of the code that made it
+    assert driver_module._git_dirty(exclude=tmp_path / "weights") is True

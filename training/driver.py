@@ -870,7 +870,7 @@ class Driver:
                              (("organ_first", self.preset.organ_first), ("organ", self.preset.organ),
                               ("tumor", self.preset.tumor))},
             },
-            "git_dirty": _git_dirty(),
+            "git_dirty": _git_dirty(exclude=self.weights),
             "command": self.options.command,
             "device": self.options.device, "num_gpus": self.options.num_gpus,
             "unit_seconds": seconds,
@@ -955,12 +955,16 @@ def _listing_digest(folder: Path) -> str:
     return _digest(entries)
 
 
-def _git_dirty() -> bool | None:
+def _git_dirty(exclude: Path | None = None) -> bool | None:
+    """Whether tracked files differ from the commit, leaving out `exclude` (the weights folder this
+    run writes: its own output is not a change of the code that made it)."""
     import subprocess
 
+    command = ["git", "status", "--porcelain", "--untracked-files=no"]
+    if exclude is not None and Path(exclude).resolve().is_relative_to(REPO_ROOT.resolve()):
+        command += ["--", ".", f":(exclude){Path(exclude).resolve().relative_to(REPO_ROOT.resolve()).as_posix()}"]
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return bool(out.strip())
