@@ -174,7 +174,7 @@ DEMO_PATIENT_SCALE = 0.3
 # (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU) and 2000 / 2500 organ
 # iterations. Speed on the idle 2-core dev machine with 2 threads: 0.48 s per organ iteration (patch
 # 32x80x80 batch 2, 8-96 features). Measured end to end with the data of session 6 (100 fully labelled
-# phantoms among 134 training cases; BENCHMARKS.md, "The demo preset end to end with 100 phantoms"):
+# phantoms among 135 training cases; BENCHMARKS.md, "The demo preset end to end with 100 phantoms"):
 # organ models 1120 s + 1319 s, 8 tumor models 135-144 s each, pseudo labels 71 + 183 s, everything
 # else about 5 min: 67 min, under 90 (session 4's 34 cases: 76 min, with tests beside it).
 DEMO_BUDGET_MINUTES = 67
@@ -193,14 +193,14 @@ DEMO = Preset(
                         spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2,
                         initial_lr=3e-3, augmentation=False, optimizer="adam"),
     # Data, not iterations, limits these models: the same 2500 organ iterations on 60 fully labelled
-    # phantoms instead of the 20 cases of session 4 raised the held-out organ DSC from 0.68 to 0.81
-    # (BENCHMARKS.md, "More phantoms, same iterations"). Phantoms cost about 0.2 s each to draw and
+    # phantoms instead of session 4's 31 cases (8 fully labelled) raised the held-out organ DSC from
+    # 0.68 to 0.81 (BENCHMARKS.md, "More phantoms, same iterations"). Phantoms cost about 0.2 s each to draw and
     # 0.4 s to preprocess; only the partial, tumor-only and unlabelled cases cost pseudo-label time.
     data=SyntheticData(n_labeled=100, n_partial=12, n_tumor_only=6, n_unlabeled=16, n_validation=12, seed=2023,
                        max_voxels=1_200_000, random_geometry=True, tumor_probability=0.7),
     # The contrast switch is off (threshold 0 HU: every scan counts as enhanced): the phantoms' kidney
     # tumours are 30-80 HU off their host in every phase, so gating the kidney models by phase only loses
-    # tumours (shipped weights, 8 training phantoms: tumor DSC 0.33 with the public 445 HU, 0.48 without
+    # tumours (session-4 weights, 8 training phantoms: tumor DSC 0.33 with the public 445 HU, 0.48 without
     # the switch; BENCHMARKS.md, "Where the tumours go"). Real data keeps the public threshold (`paper`).
     cascade={**scaled_cascade(DEMO_PATIENT_SCALE), "contrast_hu_threshold": 0.0},
     pseudo_tumor_min_mm3=round(PUBLIC_PSEUDO_TUMOR_MIN_MM3 * DEMO_PATIENT_SCALE ** 3, 3),
@@ -209,10 +209,11 @@ DEMO = Preset(
 
 # One GPU (the lent H100 of this workplace: 16 cores, 15 minutes of device time a session, at most
 # 10 a command): the demo's networks (AdamW, without augmentation), data and cascade scaling with a
-# longer schedule, the tumor trainings side by side (`--parallel 4`). Measured on the H100 with the
-# session-4 data (34 cases; the demo's data has grown since): about 300 s of fixed cost (data, planning
-# and preprocessing, process start-up, pseudo labels) and 23 organ / 20 tumor iterations per second (nnU-Net epochs of 100 iterations keep
-# its per-epoch overhead small; that run had augmentation). A first run with 600/2000/800 iterations
+# longer schedule, the tumor trainings side by side (`--parallel 4`). Measured on the H100 with an
+# earlier, smaller dataset (the preset now takes the demo's 146 cases): about 300 s of fixed cost
+# (data, planning and preprocessing, process start-up, pseudo labels) and 23 organ / 20 tumor
+# iterations per second (nnU-Net epochs of 100 iterations keep its per-epoch overhead small; that run
+# had augmentation). A first run with 600/2000/800 iterations
 # (SGD, augmentation) did not learn the organs (Dice 0; with SGD the CPU measurement above puts the
 # first organ at about 1000), so this schedule is 1500/5000/1200: about 700 s, two calls of
 # benchmarks/gpu_session.sh (the driver resumes) with SKIP_CHECK=1. Not yet run with AdamW.
