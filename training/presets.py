@@ -189,7 +189,7 @@ DEMO = Preset(
     organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=50, iterations_per_epoch=50,
                         spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
                         initial_lr=3e-3, augmentation=False, optimizer="adam"),
-    tumor=NetworkPreset(patch_size=(24, 48, 64), batch_size=4, epochs=15, iterations_per_epoch=20,
+    tumor=NetworkPreset(patch_size=(24, 48, 64), batch_size=4, epochs=30, iterations_per_epoch=20,
                         spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2,
                         initial_lr=3e-3, augmentation=False, optimizer="adam"),
     # Data, not iterations, limits these models: the same 2500 organ iterations on 60 fully labelled
