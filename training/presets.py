@@ -183,7 +183,7 @@ DEMO = Preset(
     description="Small networks, short schedule with AdamW and without augmentation: the whole cascade on "
                 "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 67). Not a usable model for "
                 "real CT.",
-    organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=40, iterations_per_epoch=50,
+    organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=20, iterations_per_epoch=50,
                               spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
                               initial_lr=3e-3, augmentation=False, optimizer="adam"),
     organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=50, iterations_per_epoch=50,
