@@ -45,4 +45,4 @@ TRAIN_DIR ?= out/train
 .PHONY: weights
 weights: venv
 	$(PY) -m training --preset demo --make-data --data $(TRAIN_DIR)/data --work $(TRAIN_DIR)/work \
-		--weights weights --ablation --threads 2
+		--weights weights --ablation --threads 2 --parallel 2

@@ -14,7 +14,7 @@ import torch
 
 from inference.io import read_image
 from inference.manifest import load_manifest
-from training.driver import (CONFIGURATION, DriverError, NnUNetBackend, RunOptions, StateStore, Unit,
+from training.driver import (CONFIGURATION, Driver, DriverError, NnUNetBackend, RunOptions, StateStore, Unit,
                              execute_units, run)
 from training.nnunet import STRIPPED_CHECKPOINT_KEYS, NnUNetPaths, find_dataset_folder, write_raw_dataset
 from training.presets import SMOKE, apply_overrides
@@ -152,6 +152,7 @@ class FakeNnUNet:
     def __init__(self, root: Path):
         self.paths = NnUNetPaths(root)
         self.calls: list[tuple] = []
+        self.threads: dict[int, int | None] = {}  # dataset id -> the threads its training was given
 
     def remove_dataset(self, dataset_id):
         for base in (self.paths.raw, self.paths.preprocessed, self.paths.results):
@@ -183,7 +184,7 @@ class FakeNnUNet:
         name = find_dataset_folder(self.paths.preprocessed, dataset_id).name
         return self.paths.results / name / f"nnUNetTrainer__{plans_name}__{CONFIGURATION}" / "fold_all"
 
-    def train(self, dataset_id, plans_name, net, *, resume=False):
+    def train(self, dataset_id, plans_name, net, *, resume=False, threads=None):
         from training.model_folders import make_model_folder
 
         labels = json.loads((find_dataset_folder(self.paths.raw, dataset_id) / "dataset.json").read_text())["labels"]
@@ -192,6 +193,7 @@ class FakeNnUNet:
                           seed=dataset_id, bias_class=None)
         (fold / "checkpoint_final.pth").write_bytes(b"")
         self.calls.append(("train", dataset_id, net.epochs, resume))
+        self.threads[dataset_id] = threads
 
     def export(self, dataset_id, plans_name, net, dest):
         if dest.exists():
@@ -229,6 +231,37 @@ def test_recipe_runs_every_unit_in_order_and_trains_every_model(fake_run):
     assert kinds == ["full", "full", "partial", "tumor_only", "unlabeled", "validation"]
     first = [c for c in backend.calls if c[0] == "write" and c[1] == 301][0]
     assert first[2] == 2  # the first organ model: the two fully labelled cases only
+
+
+@pytest.mark.parametrize("device, parallel, threads, tumor_threads", [
+    ("cpu", 2, 2, 1),  # side by side on the CPU: the thread budget is shared
+    ("cpu", 4, 2, 1),  # never below one thread
+    ("cpu", 2, 5, 2),
+    ("cpu", 1, 2, None),  # one at a time: the backend's own count
+])
+def test_side_by_side_tumor_trainings_share_the_cpu_threads(tmp_path, device, parallel, threads, tumor_threads):
+    backend = FakeNnUNet(tmp_path / "work" / "nnunet")
+    run(fake_options(tmp_path, device=device, parallel=parallel, threads=threads), backend=backend)
+    assert backend.threads[301] is None and backend.threads[302] is None  # organ models: all threads
+    assert {backend.threads[d] for d in (311, 312, 313, 314, 321, 322, 323, 324)} == {tumor_threads}
+
+
+def test_side_by_side_trainings_on_a_gpu_keep_their_threads(tmp_path):
+    # on a GPU the CPU threads only feed it (the whole recipe on cuda needs a GPU for its pseudo labels)
+    options = fake_options(tmp_path, device="cuda", parallel=4, threads=2)
+    assert Driver(options, backend=FakeNnUNet(tmp_path / "nn")).side_by_side_threads() is None
+
+
+def test_a_training_given_its_threads_gets_them_in_its_environment(tmp_path, monkeypatch):
+    import training.nnunet as nnunet
+
+    captured = []
+    monkeypatch.setattr(nnunet, "run_command", lambda command, env, **kw: captured.append(env))
+    backend = NnUNetBackend(tmp_path / "nn", device="cpu", threads=2)
+    (backend.paths.preprocessed / "Dataset311_T").mkdir(parents=True)
+    backend.train(311, "P", SMOKE.tumor)
+    backend.train(311, "P", SMOKE.tumor, threads=1)
+    assert [(env["OMP_NUM_THREADS"], env["TORCH_NUM_THREADS"]) for env in captured] == [("2", "2"), ("1", "1")]
 
 
 def test_organ_targets_keep_real_labels_and_have_no_tumor_class(fake_run):

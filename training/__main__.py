@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=_positive, default=2, help="nnU-Net preprocessing worker processes")
     parser.add_argument("--parallel", type=_positive, default=1,
                         help="run up to N per-organ tumor trainings side by side (a GPU has room for several "
-                             "small ones; on a 2-core CPU keep 1)")
+                             "small ones; on the CPU they share --threads: 2 with --threads 2 on a 2-core "
+                             "machine)")
     parser.add_argument("--da-workers", type=_nonnegative, default=0,
                         help="nnU-Net data-augmentation worker processes per training (0: in the trainer "
                              "process, fastest on 2 cores; on a GPU machine give each training several)")

@@ -271,15 +271,18 @@ class NnUNetBackend:
         return fold_folder(self.paths, dataset_id, plans_name=plans_name, configuration=CONFIGURATION, fold="all",
                            augmentation=net.augmentation)
 
-    def train(self, dataset_id: int, plans_name: str, net: NetworkPreset, *, resume: bool = False) -> None:
+    def train(self, dataset_id: int, plans_name: str, net: NetworkPreset, *, resume: bool = False,
+              threads: int | None = None) -> None:
+        """threads: intra-op threads of this training (None: the backend's own count)."""
         from training.nnunet import find_dataset_folder, run_command, train
 
+        threads = self.threads if threads is None else threads
         resume = resume and any(self.fold_folder(dataset_id, plans_name, net).glob("checkpoint_*.pth"))
         if self.num_gpus <= 1:
             train(self.paths, dataset_id, plans_name=plans_name, configuration=CONFIGURATION, fold="all",
                   epochs=net.epochs, iterations_per_epoch=net.iterations_per_epoch,
                   val_iterations=net.val_iterations, initial_lr=net.initial_lr, device=self.device,
-                  continue_training=resume, threads=self.threads, n_proc_da=self.da_workers, nice=self.nice,
+                  continue_training=resume, threads=threads, n_proc_da=self.da_workers, nice=self.nice,
                   augmentation=net.augmentation, optimizer=net.optimizer)
             return
         command = [sys.executable, "-m", "training.nnunet_ddp", "--num-gpus", str(self.num_gpus),
@@ -289,7 +292,7 @@ class NnUNetBackend:
                    "--val-iterations", str(net.val_iterations), "--initial-lr", repr(net.initial_lr),
                    "--device", "cuda", "--optimizer", net.optimizer, *(["--continue-training"] if resume else []),
                    *([] if net.augmentation else ["--no-augmentation"])]
-        env = self.paths.env(threads=self.threads, n_proc_da=self.da_workers)
+        env = self.paths.env(threads=threads, n_proc_da=self.da_workers)
         env.update({"MASTER_ADDR": "localhost", "MASTER_PORT": str(_free_port())})
         run_command(command, env, log_path=self.paths.logs / f"{dataset_id}_{plans_name}_ddp_train.log", cwd=REPO_ROOT)
 
@@ -747,6 +750,16 @@ class Driver:
             log.warning("no tumor in the labelled crops of %s: no tumor model for it", ", ".join(skipped))
         return {"organs": [ORGAN_NAMES[o] for o in organs], "skipped_no_tumor": skipped}
 
+    def side_by_side_threads(self) -> int | None:
+        """Threads of each tumor training when several run side by side on the CPU: the --threads
+        budget shared between them, so the machine is not oversubscribed. These small networks use
+        threads poorly: on the 2-core CPU two 1-thread trainings side by side did 1.35-1.47x the work
+        of one 2-thread training (BENCHMARKS.md, "Tumor trainings side by side"). None: the
+        backend's own count (one at a time, or a GPU, where the CPU threads only feed it)."""
+        if self.options.parallel <= 1 or self.options.device != "cpu":
+            return None
+        return max(1, self.options.threads // self.options.parallel)
+
     def tumor_trainer(self, organ: int, *, first_round: bool) -> Callable[[bool], dict]:
         def run(resume: bool) -> dict:
             if organ not in self.trainable_organs():
@@ -754,7 +767,8 @@ class Driver:
             dataset_id = TUMOR_ID_BASE[organ] + (0 if first_round else 10)
             fold = self.backend.fold_folder(dataset_id, TUMOR_PLANS, self.preset.tumor)
             self.backend.train(dataset_id, TUMOR_PLANS, self.preset.tumor,
-                               resume=resume and any(fold.glob("checkpoint_*.pth")))
+                               resume=resume and any(fold.glob("checkpoint_*.pth")),
+                               threads=self.side_by_side_threads())
             name = f"tumor{'1' if first_round else ''}_{ORGAN_NAMES[organ]}"
             self.backend.export(dataset_id, TUMOR_PLANS, self.preset.tumor, self.model(name))
             return {"trained": True, "iterations": self.preset.tumor.iterations}
