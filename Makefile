@@ -39,7 +39,7 @@ docker-test: venv
 
 # Regenerate the shipped weights/ from nothing: synthetic FLARE23-format data, the semi-supervised cascade
 # recipe (steps 1-4, nnU-Net on the CPU), export, evaluation on held-out cases and the pseudo-label ablation.
-# About 67 minutes on the 2-core dev machine (measured, BENCHMARKS.md). Resumable: rerunning skips done
+# 90 to 130 minutes on the 2-core dev machines, which differ 1.7x in speed (measured, BENCHMARKS.md). Resumable: rerunning skips done
 # steps; `rm -rf $(TRAIN_DIR)` starts over. Real FLARE23 on GPUs: see `python -m training --help` (preset paper).
 TRAIN_DIR ?= out/train
 .PHONY: weights

@@ -171,18 +171,20 @@ DEMO_PATIENT_SCALE = 0.3
 # iterations, every other organ after more than 2500; with the AdamW of nnU-Net's nnUNetTrainerAdam at
 # lr 3e-3 the liver appears after 25 iterations and liver, right kidney, spleen, aorta and stomach
 # by 450 (BENCHMARKS.md, "Training on this CPU"). Hence Adam for every demo model, no augmentation
-# (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU) and 2000 / 2500 organ
-# iterations. Speed on the idle 2-core dev machine with 2 threads: 0.48 s per organ iteration (patch
-# 32x80x80 batch 2, 8-96 features). Measured end to end with the data of session 6 (100 fully labelled
-# phantoms among 135 training cases; BENCHMARKS.md, "The demo preset end to end with 100 phantoms"):
-# organ models 1120 s + 1319 s, 8 tumor models 135-144 s each, pseudo labels 71 + 183 s, everything
-# else about 5 min: 67 min, under 90 (session 4's 34 cases: 76 min, with tests beside it).
-DEMO_BUDGET_MINUTES = 67
+# (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU), 1000 / 2500 organ iterations
+# (the step-1 model only pseudo-labels the 34 cases without full labels) and 600 per tumor model (300
+# left twice the false tumour lesions). Speed with 2 threads, patch 32x80x80 batch 2, 8-96 features:
+# 0.48-0.57 s per organ iteration on the dev machines of sessions 4-8, 0.92-1.12 s on session 10's;
+# `python -m benchmarks.training_speed` measures a machine in half a minute. Measured end to end
+# (BENCHMARKS.md, "Half the step-1 organ iterations" and "... side-by-side tumour models"): 90.0 min
+# in session 7 with the tumor models one after another; 130 min in session 10 with two side by side
+# (`--parallel 2`, 1.35-1.47x the throughput) on a machine 1.7x slower per organ unit.
+DEMO_BUDGET_MINUTES = 90
 DEMO = Preset(
     name="demo",
     description="Small networks, short schedule with AdamW and without augmentation: the whole cascade on "
-                "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 67). Not a usable model for "
-                "real CT.",
+                "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 90 in session 7; 130 on a "
+                "1.7x slower machine). Not a usable model for real CT.",
     organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=20, iterations_per_epoch=50,
                               spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
                               initial_lr=3e-3, augmentation=False, optimizer="adam"),
