@@ -283,7 +283,7 @@ class NnUNetBackend:
                   epochs=net.epochs, iterations_per_epoch=net.iterations_per_epoch,
                   val_iterations=net.val_iterations, initial_lr=net.initial_lr, device=self.device,
                   continue_training=resume, threads=threads, n_proc_da=self.da_workers, nice=self.nice,
-                  augmentation=net.augmentation, optimizer=net.optimizer)
+                  augmentation=net.augmentation, optimizer=net.optimizer, cpu_precision=net.cpu_precision)
             return
         command = [sys.executable, "-m", "training.nnunet_ddp", "--num-gpus", str(self.num_gpus),
                    "--preprocessed-dataset", str(find_dataset_folder(self.paths.preprocessed, dataset_id)),
@@ -880,7 +880,7 @@ class Driver:
                 "step3_pseudo_tumors": markers["pseudo_tumors"] and markers["pseudo_tumors"]["result"],
                 "step4": {"mode": "trained again from scratch with the step-2 budget and plans on real + pseudo labels",
                           "datasets": markers["tumor2_plan"] and markers["tumor2_plan"]["result"]},
-                "training": {stage: _training_summary(net) for stage, net in
+                "training": {stage: _training_summary(net, self.options.device) for stage, net in
                              (("organ_first", self.preset.organ_first), ("organ", self.preset.organ),
                               ("tumor", self.preset.tumor))},
             },
@@ -932,11 +932,15 @@ class Driver:
         return _headline(summary)
 
 
-def _training_summary(net: NetworkPreset) -> str:
-    """One line for the manifest: what trained a model (nnU-Net's poly lr 0.9 and Dice + CE always)."""
+def _training_summary(net: NetworkPreset, device: str) -> str:
+    """One line for the manifest: what trained a model (nnU-Net's poly lr 0.9 and Dice + CE always),
+    with the precision its steps computed in on this machine."""
+    from training.cpu_autocast import resolve_precision
+
     trainer = "nnUNetTrainer" if net.augmentation else "nnUNetTrainerNoDA"
     return (f"{trainer}, {OPTIMIZERS[net.optimizer]}, lr {net.initial_lr:g} poly 0.9, Dice + CE, "
-            f"{net.epochs} x {net.iterations_per_epoch} iterations")
+            f"{net.epochs} x {net.iterations_per_epoch} iterations, "
+            f"{resolve_precision(net.cpu_precision, device)} (cpu_precision {net.cpu_precision})")
 
 
 def _plan_fields(net: NetworkPreset) -> dict:

@@ -362,10 +362,10 @@ def train(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration
           fold: str | int = "all", epochs: int, iterations_per_epoch: int, val_iterations: int = 2,
           initial_lr: float = 0.01, device: str = "cpu", continue_training: bool = False,
           save_every: int = 5, final_validation: bool = False, threads: int = 2, n_proc_da: int = 0,
-          nice: int = 0, augmentation: bool = True, optimizer: str = "sgd") -> Path:
+          nice: int = 0, augmentation: bool = True, optimizer: str = "sgd", cpu_precision: str = "fp32") -> Path:
     """Train `nnUNetTrainer` (SGD Nesterov 0.99, poly lr, Dice+CE: nnU-Net's defaults; without
     augmentation its nnUNetTrainerNoDA variant; optimizer "adam": its nnUNetTrainerAdam's AdamW) in a
-    subprocess.
+    subprocess. `cpu_precision` (fp32, bf16, auto): see training.cpu_autocast.
 
     Returns the fold's output folder (holding checkpoint_final.pth). `save_every` epochs a
     checkpoint_latest.pth is written so an interrupted run can `continue_training`.
@@ -376,7 +376,8 @@ def train(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration
                "--plans-name", plans_name, "--configuration", configuration, "--fold", str(fold),
                "--epochs", str(int(epochs)), "--iterations", str(int(iterations_per_epoch)),
                "--val-iterations", str(int(val_iterations)), "--initial-lr", repr(float(initial_lr)),
-               "--device", device, "--save-every", str(int(save_every)), "--optimizer", optimizer]
+               "--device", device, "--save-every", str(int(save_every)), "--optimizer", optimizer,
+               "--cpu-precision", cpu_precision]
     if continue_training:
         command.append("--continue-training")
     if not augmentation:

@@ -5,7 +5,8 @@ reads them at import). The trainer class is instantiated directly: nnU-Net's loo
 every trainer module, and some of them import timm, which does not import beside the CPU torch
 used here. Everything after construction is nnU-Net's (SGD Nesterov 0.99 or, with `--optimizer
 adam`, its nnUNetTrainerAdam variant's AdamW; poly lr, Dice + CE, data augmentation, checkpoints);
-only plain attributes and that one method are set.
+only plain attributes and that one method are set, and on CPUs with bf16 units the training steps
+run under bf16 autocast (training.cpu_autocast).
 
 The `if __name__ == "__main__":` guard is required: nnU-Net's validation spawns worker processes
 that re-import the main module.
@@ -18,7 +19,7 @@ import os
 import types
 from pathlib import Path
 
-from training.presets import OPTIMIZERS
+from training.presets import CPU_PRECISIONS, OPTIMIZERS
 
 CHECKPOINTS_TO_CONTINUE_FROM = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
@@ -41,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sgd: nnU-Net's default (SGD Nesterov momentum 0.99); adam: the optimizer of nnU-Net's "
                              "nnUNetTrainerAdam variant (AdamW, amsgrad), same poly schedule")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    parser.add_argument("--cpu-precision", choices=CPU_PRECISIONS, default="fp32",
+                        help="on the CPU: fp32 (nnU-Net's choice), bf16 autocast of the forward pass, or auto "
+                             "(bf16 where the CPU has native bf16 units); CUDA always runs nnU-Net's fp16 autocast")
     parser.add_argument("--save-every", type=int, default=5, help="write checkpoint_latest.pth every N epochs")
     parser.add_argument("--continue-training", action="store_true",
                         help="resume from checkpoint_final, _latest or _best of this fold")
@@ -55,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_trainer(args: argparse.Namespace):
     import torch
+    from training.cpu_autocast import enable_bf16_training_steps, resolve_precision
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     if args.no_augmentation:  # imported by module path: nnU-Net's lookup by name would import timm
         from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import (
@@ -77,6 +82,10 @@ def build_trainer(args: argparse.Namespace):
         # and the trainer name in the checkpoint) stays the NoDA / default one, which builds the same network
         from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
         trainer.configure_optimizers = types.MethodType(nnUNetTrainerAdam.configure_optimizers, trainer)
+    precision = resolve_precision(args.cpu_precision, args.device)
+    print(f"training precision: {precision} (--cpu-precision {args.cpu_precision}, device {args.device})", flush=True)
+    if precision == "bf16":
+        enable_bf16_training_steps(trainer)
     return trainer
 
 

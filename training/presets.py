@@ -35,6 +35,8 @@ PUBLIC_PSEUDO_TUMOR_MIN_MM3 = 2048 * REFERENCE_VOXEL_MM3  # 3276.8
 
 # NetworkPreset.optimizer -> what trains with it (the manifest's description; nnunet_train's choices)
 OPTIMIZERS = {"sgd": "SGD Nesterov momentum 0.99 (nnUNetTrainer)", "adam": "AdamW amsgrad (nnUNetTrainerAdam)"}
+# NetworkPreset.cpu_precision: what a CPU training computes in (training.cpu_autocast)
+CPU_PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class NetworkPreset:
     # cannot even overfit one fixed batch in 200 steps (everything collapses to background), with
     # AdamW at 3e-3 the liver appears after 25 iterations (BENCHMARKS.md, "Training on this CPU").
     optimizer: str = "sgd"
+    # On the CPU: "fp32" (nnU-Net's choice there), "bf16" (autocast of the forward pass, as nnU-Net
+    # does with fp16 on CUDA), "auto" (bf16 where the CPU has AMX or AVX512-BF16 units, else fp32).
+    # Ignored on CUDA, where nnU-Net's own fp16 autocast runs. See training.cpu_autocast.
+    cpu_precision: str = "fp32"
 
     def __post_init__(self):
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
@@ -75,6 +81,8 @@ class NetworkPreset:
             raise ValueError(f"initial_lr must be positive, got {self.initial_lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision must be one of {CPU_PRECISIONS}, got {self.cpu_precision!r}")
 
     @property
     def iterations(self) -> int:
@@ -187,13 +195,13 @@ DEMO = Preset(
                 "1.7x slower machine). Not a usable model for real CT.",
     organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=20, iterations_per_epoch=50,
                               spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
-                              initial_lr=3e-3, augmentation=False, optimizer="adam"),
+                              initial_lr=3e-3, augmentation=False, optimizer="adam", cpu_precision="auto"),
     organ=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=50, iterations_per_epoch=50,
                         spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
-                        initial_lr=3e-3, augmentation=False, optimizer="adam"),
+                        initial_lr=3e-3, augmentation=False, optimizer="adam", cpu_precision="auto"),
     tumor=NetworkPreset(patch_size=(24, 48, 64), batch_size=4, epochs=30, iterations_per_epoch=20,
                         spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2,
-                        initial_lr=3e-3, augmentation=False, optimizer="adam"),
+                        initial_lr=3e-3, augmentation=False, optimizer="adam", cpu_precision="auto"),
     # Data, not iterations, limits these models: the same 2500 organ iterations on 60 fully labelled
     # phantoms instead of session 4's 31 cases (8 fully labelled) raised the held-out organ DSC from
     # 0.68 to 0.81 (BENCHMARKS.md, "More phantoms, same iterations"). Phantoms cost about 0.2 s each to draw and
