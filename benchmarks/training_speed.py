@@ -24,7 +24,8 @@ def deep_supervision_targets(target: torch.Tensor, outputs: list[torch.Tensor]) 
     return [F.interpolate(target[:, None].float(), size=o.shape[2:], mode="nearest")[:, 0].long() for o in outputs]
 
 
-def seconds_per_iteration(folder: Path, iterations: int, warmup: int, seed: int = 0) -> list[float]:
+def seconds_per_iteration(folder: Path, iterations: int, warmup: int, seed: int = 0,
+                          precision: str = "fp32") -> list[float]:
     config = read_model_config(folder, "3d_fullres")
     entry = resolve_configuration(_read_json(folder / "plans.json"), "3d_fullres")
     network = build_network(entry["architecture"], 1, config.num_classes)
@@ -38,8 +39,9 @@ def seconds_per_iteration(folder: Path, iterations: int, warmup: int, seed: int 
     times = []
     for step in range(warmup + iterations):
         start = time.perf_counter()
-        outputs = network(image)
-        loss = sum(F.cross_entropy(o, t) for o, t in zip(outputs, deep_supervision_targets(target, outputs)))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            outputs = [o.float() for o in network(image)]
+            loss = sum(F.cross_entropy(o, t) for o, t in zip(outputs, deep_supervision_targets(target, outputs)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -54,11 +56,20 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs of every precision")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    times = seconds_per_iteration(args.model, args.iterations, args.warmup)
-    print(f"{args.model}: {args.iterations} training iterations, {args.threads} threads: "
-          f"median {statistics.median(times):.3f} s per iteration (min {min(times):.3f}, max {max(times):.3f})")
+    times: dict[str, list[float]] = {p: [] for p in args.precision}
+    for _ in range(args.rounds):
+        for precision in args.precision:
+            times[precision] += seconds_per_iteration(args.model, args.iterations, args.warmup, precision=precision)
+    first = statistics.median(times[args.precision[0]])
+    for precision, values in times.items():
+        median = statistics.median(values)
+        print(f"{args.model}: {len(values)} training iterations, {args.threads} threads, {precision}: "
+              f"median {median:.3f} s per iteration (min {min(values):.3f}, max {max(values):.3f}), "
+              f"{first / median:.2f}x the speed of {args.precision[0]}")
     return 0
 
 

@@ -428,9 +428,13 @@ def test_training_options_reach_nnunet_noda_adam_and_its_output_folder(tmp_path,
     monkeypatch.setattr(nnunet, "run_command", lambda command, env, **kw: captured.update(command=command))
     backend = NnUNetBackend(tmp_path / "nn", device="cuda" if num_gpus > 1 else "cpu", num_gpus=num_gpus)
     (backend.paths.preprocessed / "Dataset311_T").mkdir(parents=True)
-    plain = dataclasses.replace(SMOKE.tumor, augmentation=False, optimizer="adam")
+    plain = dataclasses.replace(SMOKE.tumor, augmentation=False, optimizer="adam", cpu_precision="auto")
     backend.train(311, "P", plain)
     assert "--no-augmentation" in captured["command"]
+    if num_gpus == 1:
+        assert captured["command"][captured["command"].index("--cpu-precision") + 1] == "auto"
+    else:  # DDP trains on CUDA, in nnU-Net's own fp16 autocast
+        assert "--cpu-precision" not in captured["command"]
     assert captured["command"][captured["command"].index("--optimizer") + 1] == "adam"
     assert backend.fold_folder(311, "P", plain).parent.name == "nnUNetTrainerNoDA__P__3d_fullres"
     backend.train(311, "P", dataclasses.replace(plain, augmentation=True, optimizer="sgd"))
@@ -488,7 +492,12 @@ def test_smoke_run_trains_every_stage_with_nnunet_and_exports_stripped_folders(s
     assert provenance["preset"] == "smoke" and provenance["real_ct_used"] is False
     assert provenance["validation"]["case_ids"] == ["FLARE23_0006"] and "tumor_dsc" in provenance["validation"]
     train_log = next((root / "work" / "nnunet" / "logs").glob("302_*train.log")).read_text()
-    assert "Epoch 0" in train_log
+    assert "Epoch 0" in train_log and "training precision: bf16 (--cpu-precision bf16, device cpu)" in train_log
+    tumor_log = next((root / "work" / "nnunet" / "logs").glob("311_*train.log")).read_text()
+    assert "training precision: fp32 (--cpu-precision fp32, device cpu)" in tumor_log
+    training = provenance["recipe"]["training"]
+    assert training["organ"].endswith("bf16 (cpu_precision bf16)")
+    assert training["tumor"].endswith("fp32 (cpu_precision fp32)")
 
 
 @pytest.mark.parametrize("dataset, optimizer", [(302, "adam"), (311, "sgd")])

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.training_speed import deep_supervision_targets, seconds_per_iteration
+from benchmarks.training_speed import deep_supervision_targets, main, seconds_per_iteration
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -23,3 +23,11 @@ def test_targets_follow_each_output_resolution_by_nearest_neighbour():
 def test_times_one_training_iteration_of_a_shipped_model():
     times = seconds_per_iteration(WEIGHTS / "tumor_liver", iterations=2, warmup=0)
     assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_alternates_precisions_and_prints_each_beside_the_first(capsys):
+    assert main(["--model", str(WEIGHTS / "tumor_liver"), "--iterations", "1", "--warmup", "0",
+                 "--threads", "1", "--precision", "fp32", "bf16", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(", ")[2].split(":")[0] for line in lines] == ["fp32", "bf16"]
+    assert all("2 training iterations" in line for line in lines) and lines[0].endswith("1.00x the speed of fp32")

@@ -240,14 +240,14 @@ GPU = dataclasses.replace(
 SMOKE = Preset(
     name="smoke",
     description="Tiny cases, 1 epoch x 2 iterations per model: proves the driver end to end (tests).",
-    # organ models without augmentation and with Adam, tumor models with both of nnU-Net's defaults:
-    # the test run covers both trainers and both optimizers
+    # organ models without augmentation, with Adam and in bf16, tumor models with nnU-Net's defaults
+    # (augmentation, SGD, fp32): the test run covers both trainers, optimizers and CPU precisions
     organ_first=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
                               spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1,
-                              augmentation=False, optimizer="adam"),
+                              augmentation=False, optimizer="adam", cpu_precision="bf16"),
     organ=NetworkPreset(patch_size=(16, 32, 32), batch_size=2, epochs=1, iterations_per_epoch=2,
                         spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8, 16), val_iterations=1,
-                        augmentation=False, optimizer="adam"),
+                        augmentation=False, optimizer="adam", cpu_precision="bf16"),
     tumor=NetworkPreset(patch_size=(8, 16, 16), batch_size=2, epochs=1, iterations_per_epoch=2,
                         spacing=(4.0, 3.0, 3.0), features_per_stage=(4, 8), val_iterations=1),
     data=SyntheticData(n_labeled=2, n_partial=1, n_tumor_only=1, n_unlabeled=1, n_validation=1, seed=7,
