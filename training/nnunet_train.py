@@ -5,8 +5,8 @@ reads them at import). The trainer class is instantiated directly: nnU-Net's loo
 every trainer module, and some of them import timm, which does not import beside the CPU torch
 used here. Everything after construction is nnU-Net's (SGD Nesterov 0.99 or, with `--optimizer
 adam`, its nnUNetTrainerAdam variant's AdamW; poly lr, Dice + CE, data augmentation, checkpoints);
-only plain attributes and that one method are set, and on CPUs with bf16 units the training steps
-run under bf16 autocast (training.cpu_autocast).
+only plain attributes and that one method are set, and with `--cpu-precision bf16` (or `auto` on
+a CPU with bf16 units) the training steps run under bf16 autocast (training.cpu_autocast).
 
 The `if __name__ == "__main__":` guard is required: nnU-Net's validation spawns worker processes
 that re-import the main module.

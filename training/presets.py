@@ -190,8 +190,8 @@ DEMO_PATIENT_SCALE = 0.3
 # bf16 training (`--set organ_first.cpu_precision=auto --set organ.cpu_precision=auto --set
 # tumor.cpu_precision=auto`) ran the whole preset in 85 minutes on a machine of session 10's speed
 # (organ units 1.5-1.6x, tumor units 1.8x faster) with organ DSC 0.778 but tumor DSC 0.196 against
-# fp32's 0.22-0.25 (BENCHMARKS.md, "bf16 training on the CPU"): not the default until more runs tell
-# precision from run-to-run spread.
+# fp32's 0.22-0.25; retrained twice in each precision, the liver tumour model lost about 0.02 in bf16
+# (BENCHMARKS.md, "bf16 training on the CPU"). Not the default; next to try: bf16 organ models only.
 DEMO_BUDGET_MINUTES = 90
 DEMO = Preset(
     name="demo",
