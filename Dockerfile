@@ -61,12 +61,13 @@ WORKDIR /workspace
 # The shipped cascade (weights/); test builds pass another folder of the build context.
 ARG WEIGHTS_DIR=weights
 COPY inference/ /workspace/inference/
+COPY phantom/ /workspace/phantom/
 COPY ${WEIGHTS_DIR}/ /workspace/weights/
 COPY predict.sh /workspace/predict.sh
 # Byte-compile once at build (the runtime user cannot write __pycache__; each case starts a new
 # container, so compiling at every start would cost every case), verify every weight file's SHA-256.
-RUN python -m compileall -q /workspace/inference \
- && python -c "from inference.manifest import load_manifest; load_manifest('weights')" \
+RUN python -m compileall -q /workspace/inference /workspace/phantom \
+ && python -c "from inference.cascade.cascade_json import load_manifest; load_manifest('weights')" \
  && chmod -R a+rX /workspace
 
 USER predictor

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def build_cascade(organ: Path, root: Path, tumor_spacing, tumor_patch) -> Path:
-    from inference.model import resolve_configuration
+    from inference.engine.model import resolve_configuration
     from training.manifest import write_manifest
     from training.model_folders import add_random_tumor_stages
     from training.nnunet import unet_topology

@@ -42,8 +42,8 @@ DEFAULT_VARIANTS = {
 
 
 def make_inputs(folder: Path, count: int, shape, spacing, seed: int) -> dict[str, Path]:
-    from inference.io import write_labels
-    from inference.phantom import make_phantom, write_phantom
+    from inference.io.images import write_labels
+    from phantom import make_phantom, write_phantom
     (folder / "inputs").mkdir(parents=True, exist_ok=True)
     (folder / "truth").mkdir(exist_ok=True)
     truths = {}

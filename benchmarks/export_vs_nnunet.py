@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from inference.pipeline import peak_rss_mb
+from inference.app.pipeline import peak_rss_mb
 
 
 def organ_like_logits(classes: int, shape, seed: int = 0) -> np.ndarray:
@@ -61,12 +61,12 @@ def run_method(method: str, high, queue) -> None:
                                                   force_separate_z=None)
         labels = np.asarray(resampled).argmax(0).astype(np.uint8)
     else:
-        from inference.export import logits_to_labels_interpolated, logits_to_labels_nearest
+        from inference.engine.logits_to_labels import logits_to_labels_interpolated, logits_to_labels_nearest
         tensor = torch.from_numpy(logits)
         if method in ("ours-logits", "ours-logits-dense"):
             if method == "ours-logits-dense":
-                import inference.export
-                inference.export.BOUNDARY_SHARE_LIMIT = 0.0  # every voxel through the dense passes
+                import inference.engine.logits_to_labels
+                inference.engine.logits_to_labels.BOUNDARY_SHARE_LIMIT = 0.0  # every voxel through the dense passes
             window_labels, window = logits_to_labels_interpolated(tensor, tuple(high))
             labels = np.zeros(tuple(high), np.uint8)
             if window is not None:

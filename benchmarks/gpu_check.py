@@ -39,10 +39,10 @@ TUMOR_PATCH, TUMOR_SPACING = (56, 112, 176), (2.5, 0.8, 0.8)
 
 def correctness(work: Path) -> dict:
     """Small cases through CPU and CUDA paths; returns agreement figures (1.0 = identical labels)."""
-    from inference.engine import EngineOptions, ModelRunner
-    from inference.model import load_model
-    from inference.phantom import make_phantom
-    from inference.resampling import resample_cupy, resample_scipy
+    from inference.engine.runner import EngineOptions, ModelRunner
+    from inference.engine.model import load_model
+    from phantom import make_phantom
+    from inference.resampling.fast import resample_cupy, resample_scipy
     from training.model_folders import make_model_folder
 
     folder = make_model_folder(work / "small_model", patch=(32, 64, 64), bias_class=0)
@@ -78,7 +78,7 @@ def write_paper_cascade(root: Path) -> Path:
 
 
 def clinical_cases(folder: Path, count: int, slices: int, first_seed: int = 300) -> Path:
-    from inference.phantom import make_phantom, write_phantom
+    from phantom import make_phantom, write_phantom
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         path = folder / f"clinical_{index:02d}_0000.nii.gz"

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         steps[name] = {"s": round(now - started, 3), "nvml_used_mb": round(probe.used_mb() or 0.0)}
         return now
 
-    from inference.cli import seconds_since_process_start
+    from inference.app.cli import seconds_since_process_start
     steps["interpreter"] = {"s": round((seconds_since_process_start() or 0.0) - (time.perf_counter() - STARTED), 3),
                             "nvml_used_mb": round(probe.used_mb() or 0.0)}
     t = time.perf_counter()
@@ -72,11 +72,11 @@ def main(argv=None) -> int:
     t = mark("import_torch", t)
     torch.zeros(1, device="cuda")
     t = mark("cuda_context", t)
-    from inference.cascade import CascadeSegmenter
-    from inference.engine import EngineOptions
-    from inference.io import Case, case_id_from_name
-    from inference.manifest import load_manifest
-    from inference.pipeline import read_case, run_cases
+    from inference.cascade.segmenter import CascadeSegmenter
+    from inference.engine.runner import EngineOptions
+    from inference.io.images import Case, case_id_from_name
+    from inference.cascade.cascade_json import load_manifest
+    from inference.app.pipeline import read_case, run_cases
     t = mark("import_inference", t)
     options = EngineOptions(device=torch.device("cuda"), precision=args.precision)
     segmenter = CascadeSegmenter(load_manifest(args.weights), options)
@@ -109,10 +109,10 @@ def organ_paths(segmenter, case, options, probe) -> dict:
     import numpy as np
     import torch
 
-    from inference.engine import ModelRunner
-    from inference.export import export_labels
-    from inference.pipeline import read_case
-    from inference.preprocessing import sanitize_hu
+    from inference.engine.runner import ModelRunner
+    from inference.engine.logits_to_labels import export_labels
+    from inference.app.pipeline import read_case
+    from inference.engine.preprocessing import sanitize_hu
     volume, geometry, _ = read_case(case)
     runner: ModelRunner = segmenter.organ_stage.func.__self__  # the partial's bound ModelRunner.segment
     config = runner.config

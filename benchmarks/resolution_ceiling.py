@@ -15,8 +15,8 @@ import SimpleITK as sitk
 import torch
 
 from evaluation.metrics import dice
-from inference.report import LABEL_NAMES
-from inference.resampling import compute_new_shape, resample_torch
+from inference.app.volumes import LABEL_NAMES
+from inference.resampling.fast import compute_new_shape, resample_torch
 
 ORGANS = range(1, 14)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference.model import _read_json, build_network, read_model_config, resolve_configuration
+from inference.engine.model import _read_json, build_network, read_model_config, resolve_configuration
 
 
 def deep_supervision_targets(target: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -32,7 +32,7 @@ def make_weights(root: Path) -> None:
 
 
 def make_cases(folder: Path, count: int) -> None:
-    from inference.phantom import make_phantom, write_phantom
+    from phantom import make_phantom, write_phantom
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         shape, spacing, direction = CASES[index % len(CASES)]

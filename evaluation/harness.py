@@ -2,7 +2,7 @@
 
     python -m evaluation.harness --cmd "COMMAND {input} {output}" --inputs DIR --out DIR [--gpu 0]
 
-For every case of `--inputs` (as `inference.io.discover_cases` finds them) the harness stages a
+For every case of `--inputs` (as `inference.io.images.discover_cases` finds them) the harness stages a
 folder holding only that case, substitutes the placeholders (shell-quoted) and runs the command
 through `/bin/sh -c` in a fresh process group, like FLARE starting one container per case:
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evaluation.monitoring import GpuMemoryProbe, MemoryTrace, area_under_curve, sample_until_exit
-from inference.io import Case, discover_cases
+from inference.io.images import Case, discover_cases
 
 log = logging.getLogger(__name__)
 

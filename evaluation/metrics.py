@@ -20,7 +20,7 @@ import cc3d
 import numpy as np
 
 from evaluation.surface import normalized_surface_dice
-from inference.report import LABEL_NAMES
+from inference.app.volumes import LABEL_NAMES
 
 TUMOR_LABEL = 14
 ORGAN_LABELS = tuple(range(1, 14))

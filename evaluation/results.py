@@ -10,8 +10,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from evaluation.metrics import ORGAN_LABELS, TUMOR_LABEL, LabelScore
-from inference.report import LABEL_NAMES
-from inference.io import write_text_atomic
+from inference.app.volumes import LABEL_NAMES
+from inference.io.images import write_text_atomic
 
 METRICS_COLUMNS = ("case", "label", "dsc", "nsd")
 

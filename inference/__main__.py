@@ -2,7 +2,7 @@ import logging
 import os
 import sys
 
-from inference.cli import main
+from inference.app.cli import main
 
 if __name__ == "__main__":
     code = main()

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from inference import cascade as cascade_module
-from inference.cascade import (CascadeSegmenter, SlabCrop, aorta_crop, cranio_caudal_axis, filter_tumor,
+from inference.cascade import segmenter as cascade_module
+from inference.cascade.segmenter import (CascadeSegmenter, SlabCrop, aorta_crop, cranio_caudal_axis, filter_tumor,
                                merge_tumor, organ_crop_box)
-from inference.cascade_params import CascadeParameters
-from inference.engine import EngineOptions
-from inference.geometry import Geometry
-from inference.manifest import Manifest, ManifestError, TumorStage
-from inference.postprocessing import ComponentRule
+from inference.cascade.parameters import CascadeParameters
+from inference.engine.runner import EngineOptions
+from inference.core.geometry import Geometry
+from inference.cascade.cascade_json import Manifest, ManifestError, TumorStage
+from inference.cascade.postprocessing import ComponentRule
 
 LIVER, RIGHT_KIDNEY, PANCREAS, AORTA, GALLBLADDER, LEFT_KIDNEY, TUMOR = 1, 2, 4, 5, 9, 13, 14
 TUMOR_HU = 1234.0  # the tumor oracle calls tumor wherever its crop holds exactly this value
@@ -177,7 +177,7 @@ def test_no_aorta_skips_the_crop_and_contrast_without_crashing(caplog):
     organs[30:35, 0:2, 5:7] = LEFT_KIDNEY
     geometry = Geometry(organs.shape, CANONICAL_SPACING)
     seg, oracles = segmenter(organs, {"organ_postprocessing": {}}, stages=ALL_STAGES)
-    with caplog.at_level(logging.INFO, logger="inference.cascade"):
+    with caplog.at_level(logging.INFO, logger="inference.cascade.segmenter"):
         labels = seg.segment(np.zeros(organs.shape, np.float32), geometry, {})
     np.testing.assert_array_equal(labels, organs)  # nothing cropped
     info = seg.last_case_info
@@ -466,7 +466,7 @@ def test_a_tumor_model_that_fails_to_load_in_the_background_fails_its_cases(tmp_
     plans cannot stop the start, but every case that reaches its stage fails, naming the folder."""
     import shutil
 
-    from inference.model import ModelError
+    from inference.engine.model import ModelError
     from tests.factories import make_model_folder
     organ = make_model_folder(tmp_path / "organ", bias_class=1)  # liver everywhere
     tumor = make_model_folder(tmp_path / "tumor_liver", labels={"background": 0, "tumor": 1})

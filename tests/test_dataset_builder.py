@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from inference.io import read_image
+from inference.io.images import read_image
 from training.dataset import (DIRECTIONS, MANIFEST_NAME, build_flare_dataset, main, random_geometry,
                               restrict_labels)
 

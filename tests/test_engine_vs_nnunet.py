@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.engine import EngineOptions, ModelRunner
-from inference.model import load_model
+from inference.engine.runner import EngineOptions, ModelRunner
+from inference.engine.model import load_model
 from tests.factories import make_model_folder
 
 nnunet_predict = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")

@@ -10,8 +10,8 @@ import pytest
 
 from evaluation.cli import EvaluationError, evaluate_folders, main
 from evaluation.metrics import ALL_LABELS, ORGAN_LABELS, evaluate_case
-from inference.geometry import Geometry
-from inference.io import read_image, write_labels
+from inference.core.geometry import Geometry
+from inference.io.images import read_image, write_labels
 
 REPO = Path(__file__).resolve().parents[1]
 GEOMETRY = Geometry((12, 16, 16), (2.0, 0.8, 0.9))
@@ -104,7 +104,7 @@ def test_shape_mismatch_fails_naming_the_case(folders, caplog):
 
 def test_non_integer_labels_fail(folders):
     gt_dir, pred_dir, out_dir, _ = folders
-    from inference.io import to_sitk, write_image_atomic
+    from inference.io.images import to_sitk, write_image_atomic
     write_image_atomic(to_sitk(np.full(GEOMETRY.shape, 0.5, np.float32), GEOMETRY), pred_dir / "case_a.nii.gz")
     with pytest.raises(EvaluationError, match="case_a.*non-integer"):
         evaluate_folders(pred_dir, gt_dir, out_dir)

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import inference.export as export
-from inference.export import SlabExport, export_labels, logits_to_labels_interpolated, output_span, resample_axis
-from inference.resampling import source_range_for_output
-from inference.preprocessing import CropBox, Preprocessed
+import inference.engine.logits_to_labels as export
+from inference.engine.logits_to_labels import SlabExport, export_labels, logits_to_labels_interpolated, output_span, resample_axis
+from inference.resampling.fast import source_range_for_output
+from inference.engine.preprocessing import CropBox, Preprocessed
 
 
 def full_reference(logits: torch.Tensor, out_shape) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_border_shortcut_reads_no_logits_where_corners_agree(monkeypatch):
 
 def nearest_z_reference(logits: torch.Tensor, out_shape) -> np.ndarray:
     """nnU-Net's export of an anisotropic scan: nearest neighbour along z (its order_z 0), linear in-plane."""
-    from inference.nnunet_resampling import nearest_indices
+    from inference.resampling.nnunet import nearest_indices
     rows = logits[:, torch.from_numpy(nearest_indices(logits.shape[1], out_shape[0]))]
     return full_reference(rows, out_shape)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.geometry import Geometry, GeometryError
-from inference.io import (InputError, case_id_from_name, discover_cases, read_image, remove_stale_partials,
+from inference.core.geometry import Geometry, GeometryError
+from inference.io.images import (InputError, case_id_from_name, discover_cases, read_image, remove_stale_partials,
                           to_sitk, write_labels)
 
 GEOMETRY = Geometry((5, 6, 7), (2.5, 0.8, 0.7), (-10.0, 20.5, 33.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))

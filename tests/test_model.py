@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from inference.model import ModelError, build_network, load_model, read_model_config
+from inference.engine.model import ModelError, build_network, load_model, read_model_config
 from tests.factories import architecture, make_model_folder
 
 

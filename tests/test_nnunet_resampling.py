@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from inference.model import DataResampling, ModelError
-from inference.nnunet_resampling import resample_like_nnunet, separate_axis
+from inference.engine.model import DataResampling, ModelError
+from inference.resampling.nnunet import resample_like_nnunet, separate_axis
 
 nnunet_resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
 

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.cli import EXIT_OK, main
-from inference.engine import EngineOptions, ModelRunner
-from inference.geometry import Geometry
-from inference.io import geometry_of, to_sitk
-from inference.model import load_model
-from inference.orientation import CANONICAL_DIRECTION, AxisMap, canonicalize, closest_axis_map, reoriented_geometry
-from inference.phantom import make_phantom
-from inference.pipeline import segment_canonical
-from inference.segmenters import SingleModelSegmenter
+from inference.app.cli import EXIT_OK, main
+from inference.engine.runner import EngineOptions, ModelRunner
+from inference.core.geometry import Geometry
+from inference.io.images import geometry_of, to_sitk
+from inference.engine.model import load_model
+from inference.io.orientation import CANONICAL_DIRECTION, AxisMap, canonicalize, closest_axis_map, reoriented_geometry
+from phantom import make_phantom
+from inference.app.pipeline import segment_canonical
+from inference.app.segmenters import SingleModelSegmenter
 from tests.factories import make_model_folder
 
 LABELS = {"background": 0, "liver": 1, "spleen": 3}

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from inference.io import read_image, to_sitk
-from inference.phantom import PHASES, TUMOR_HOSTS, Phantom, make_phantom, write_phantom
+from inference.io.images import read_image, to_sitk
+from phantom import PHASES, TUMOR_HOSTS, Phantom, make_phantom, write_phantom
 
 ORGANS = tuple(range(1, 14))
 FLIP_XY = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # NIfTI converted from DICOM

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from inference.postprocessing import (DEFAULT_ORGAN_RULES, ComponentRule, apply_rules, keep_largest_component,
+from inference.cascade.postprocessing import (DEFAULT_ORGAN_RULES, ComponentRule, apply_rules, keep_largest_component,
                                       parse_rules, postprocess_organs, remove_small_components)
 
 FULL_26 = np.ones((3, 3, 3), dtype=bool)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.geometry import Geometry
-from inference.io import to_sitk
+from inference.core.geometry import Geometry
+from inference.io.images import to_sitk
 from tests.factories import FLARE_LABELS, make_model_folder
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from inference.geometry import Geometry
-from inference.preview import LABEL_COLOURS, to_canonical, write_preview_png
-from inference.report import LABEL_NAMES, volume_report, write_volume_report_json, write_volume_reports_csv
+from inference.core.geometry import Geometry
+from inference.app.preview import LABEL_COLOURS, to_canonical, write_preview_png
+from inference.app.volumes import LABEL_NAMES, volume_report, write_volume_report_json, write_volume_reports_csv
 
 INFERENCE = Path(__file__).resolve().parents[1] / "inference"
 
@@ -185,6 +185,6 @@ def test_preview_rejects_mismatched_shapes(tmp_path):
 
 
 def test_label_counts_match_bincount_across_slabs():
-    from inference.report import label_counts
+    from inference.app.volumes import label_counts
     labels = np.random.default_rng(0).integers(0, 20, size=(40, 5, 6)).astype(np.uint8)
     np.testing.assert_array_equal(label_counts(labels, slab=16), np.bincount(labels.ravel(), minlength=15))

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference import resampling
-from inference.resampling import (BACKENDS, MODES, compute_new_shape, linear_source_weights,
+from inference.resampling import fast as resampling
+from inference.resampling.fast import (BACKENDS, MODES, compute_new_shape, linear_source_weights,
                                   nearest_source_indices, resample, resample_cupy, resample_scipy,
                                   resample_torch, source_range_for_output)
 

@@ -26,9 +26,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from inference.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, main
-from inference.geometry import Geometry
-from inference.io import InputError, read_ct, read_image, to_sitk
+from inference.app.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, main
+from inference.core.geometry import Geometry
+from inference.io.images import InputError, read_ct, read_image, to_sitk
 from tests.factories import FLARE_LABELS, make_model_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -359,8 +359,8 @@ def test_nothing_found_writes_an_all_zero_map(tmp_path):
 LARGE_EXPORT = r"""
 import json, resource, sys, time
 import numpy as np, torch
-import inference.export as export
-from inference.preprocessing import CropBox, Preprocessed
+import inference.engine.logits_to_labels as export
+from inference.engine.preprocessing import CropBox, Preprocessed
 
 method, classes = sys.argv[1], int(sys.argv[2])
 shape = (1500, 512, 512)  # the issue's 512 x 512 x 1500 scan
@@ -499,7 +499,7 @@ def test_read_only_input_folder(tmp_path, model):
 
 KILLER = r"""
 import os, signal, sys
-import inference.io as io
+import inference.io.images as io
 
 mode = sys.argv[1]
 if mode == "before_rename":  # the temporary file is complete; the process dies before os.replace
@@ -516,7 +516,7 @@ elif mode == "while_writing":  # half of the temporary file is on disk
             handle.flush()
             os.kill(os.getpid(), signal.SIGKILL)
     io.sitk.WriteImage = write_image
-from inference.cli import main
+from inference.app.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 

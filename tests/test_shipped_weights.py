@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from evaluation.metrics import dice
-from inference.engine import EngineOptions
-from inference.manifest import load_manifest
-from inference.phantom import make_phantom
-from inference.pipeline import segment_canonical
-from inference.segmenters import build_segmenter
+from inference.engine.runner import EngineOptions
+from inference.cascade.cascade_json import load_manifest
+from phantom import make_phantom
+from inference.app.pipeline import segment_canonical
+from inference.app.segmenters import build_segmenter
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "cascade.json").is_file(), reason="no shipped weights/cascade.json")

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-import inference.preprocessing as preprocessing
-from inference.cascade import CascadeSegmenter, aorta_median_hu
-from inference.cascade_params import CascadeParameters
-from inference.engine import EngineOptions, ModelRunner
-from inference.export import export_labels
-from inference.geometry import Geometry
-from inference.manifest import load_manifest
-from inference.model import IntensityProperties, ModelConfig, load_model
-from inference.preprocessing import preprocess, sanitize_hu
+import inference.engine.preprocessing as preprocessing
+from inference.cascade.segmenter import CascadeSegmenter, aorta_median_hu
+from inference.cascade.parameters import CascadeParameters
+from inference.engine.runner import EngineOptions, ModelRunner
+from inference.engine.logits_to_labels import export_labels
+from inference.core.geometry import Geometry
+from inference.cascade.cascade_json import load_manifest
+from inference.engine.model import IntensityProperties, ModelConfig, load_model
+from inference.engine.preprocessing import preprocess, sanitize_hu
 from tests.factories import make_model_folder
 
 
@@ -113,7 +113,7 @@ def test_host_accumulation_gives_the_same_labels(model_folder, monkeypatch):
     """The GPU's out-of-memory fallback accumulates the logits in host RAM: same labels. On the CPU
     both accumulators are host memory; where CUDA exists the network runs on the GPU, and the
     first attempt is made to run out of memory so that `segment` takes the fallback itself."""
-    import inference.engine as engine
+    import inference.engine.runner as engine
     image, spacing = synthetic_ct((40, 70, 66)), (2.5, 0.8, 0.8)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runner = ModelRunner(load_model(model_folder), EngineOptions(device=device))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.sliding_window import (compute_steps, gaussian_importance_map, pad_to_patch,
+from inference.engine.sliding_window import (compute_steps, gaussian_importance_map, pad_to_patch,
                                       predict_sliding_window, sliding_window_slabs)
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.io import read_image
-from inference.manifest import load_manifest
+from inference.io.images import read_image
+from inference.cascade.cascade_json import load_manifest
 from training.driver import (CONFIGURATION, Driver, DriverError, NnUNetBackend, RunOptions, StateStore, Unit,
                              execute_units, run)
 from training.nnunet import STRIPPED_CHECKPOINT_KEYS, NnUNetPaths, find_dataset_folder, write_raw_dataset
@@ -517,10 +517,10 @@ def test_smoke_models_trained_with_the_presets_optimizer(smoke_run, dataset, opt
 
 
 def test_smoke_weights_run_in_the_engine(smoke_run):
-    from inference.engine import EngineOptions
-    from inference.io import read_ct
-    from inference.pipeline import segment_canonical
-    from inference.segmenters import build_segmenter
+    from inference.engine.runner import EngineOptions
+    from inference.io.images import read_ct
+    from inference.app.pipeline import segment_canonical
+    from inference.app.segmenters import build_segmenter
 
     root, _, _ = smoke_run
     volume, geometry = read_ct(root / "data" / "imagesVal" / "FLARE23_0006_0000.nii.gz")

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from inference.cascade_params import REFERENCE_SPACING_MM, CascadeParameters
-from inference.geometry import Geometry
-from inference.phantom import make_phantom
+from inference.cascade.parameters import REFERENCE_SPACING_MM, CascadeParameters
+from inference.core.geometry import Geometry
+from phantom import make_phantom
 from training.labels import infer_annotated, merge_labels, organ_target
 from training.presets import (DEMO, PAPER, PUBLIC_PSEUDO_TUMOR_MIN_MM3, SMOKE, apply_overrides, get_preset,
                               scaled_cascade)

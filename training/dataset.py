@@ -1,4 +1,4 @@
-"""A FLARE23-format synthetic dataset made from `inference.phantom`, with its manifest.
+"""A FLARE23-format synthetic dataset made from `phantom`, with its manifest.
 
 Layout (as the FLARE 2023 release, IDs `FLARE23_0001`, ... numbered across all kinds):
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.io import write_labels, write_text_atomic
-from inference.phantom import TUMOR_LABEL, make_phantom, write_phantom
+from inference.io.images import write_labels, write_text_atomic
+from phantom import TUMOR_LABEL, make_phantom, write_phantom
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def build_flare_dataset(out_dir, *, n_labeled: int, n_partial: int, n_tumor_only
             log.info("%s %s written", cases[-1]["id"], kind)
     manifest = {
         "format": "flare23-synthetic-1",
-        "generator": "inference.phantom.make_phantom",
+        "generator": "phantom.make_phantom",
         "seed": int(seed),
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "counts": counts,

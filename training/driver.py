@@ -5,7 +5,7 @@
 Steps, each made of units with their own done-marker (`WORK/state/<unit>.json`):
 
     data      --make-data: synthetic FLARE23-format data (preset sizes); then every training case is
-              canonicalised (inference.orientation, the layout the engine shows its networks) and
+              canonicalised (inference.io.orientation, the layout the engine shows its networks) and
               HU-sanitised into WORK/canonical; the real CT of ../shared/data/real joins as one
               pseudo-labelled case when the preset (or --real-ct) asks for it.
     1         organ_first: an organ model on the cases annotating all 13 organs;
@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from inference.io import read_image, to_sitk, write_image_atomic, write_labels, write_text_atomic
+from inference.io.images import read_image, to_sitk, write_image_atomic, write_labels, write_text_atomic
 from training.labels import TUMOR_HOSTS
 from training.presets import CONTRAST_ORGANS, OPTIMIZERS, ORGAN_NAMES, NetworkPreset, Preset
 
@@ -190,9 +190,9 @@ def canonicalise_case(image_path: Path, label_path: Path | None, out_image: Path
                       ) -> tuple[np.ndarray | None, tuple]:
     """Write the case in the engine's canonical layout (images sanitised as the engine does).
     Returns (labels in the canonical layout or None, canonical shape)."""
-    from inference.io import read_ct
-    from inference.orientation import canonicalize
-    from inference.preprocessing import sanitize_hu
+    from inference.io.images import read_ct
+    from inference.io.orientation import canonicalize
+    from inference.engine.preprocessing import sanitize_hu
 
     volume, geometry = read_ct(image_path)
     view, canonical, _ = canonicalize(volume, geometry)
@@ -666,8 +666,8 @@ class Driver:
         if folder not in self._runners:
             import torch
 
-            from inference.engine import EngineOptions, ModelRunner, default_precision
-            from inference.model import load_model
+            from inference.engine.runner import EngineOptions, ModelRunner, default_precision
+            from inference.engine.model import load_model
 
             device = torch.device(self.options.device)
             self._runners[folder] = ModelRunner(load_model(folder, device=device),
@@ -776,8 +776,8 @@ class Driver:
 
     # ---- step 3
     def run_pseudo_tumors(self, _resume: bool) -> dict:
-        from inference.cascade import aorta_crop, apply_slab_crop, organ_crop_box
-        from inference.postprocessing import postprocess_organs
+        from inference.cascade.segmenter import aorta_crop, apply_slab_crop, organ_crop_box
+        from inference.cascade.postprocessing import postprocess_organs
         from training.tumor_data import credible_pseudo_tumor, crop_geometry
 
         organs_trained = self.trainable_organs()
@@ -866,10 +866,10 @@ class Driver:
             "preset": self.preset.name,
             "preset_parameters": self.preset.as_dict(),
             "training_data": {
-                "source": "synthetic phantoms (inference.phantom via training.dataset)" if data["synthetic"]
+                "source": "synthetic phantoms (phantom via training.dataset)" if data["synthetic"]
                 else "user-provided FLARE23-format data",
                 "folder": str(self.data), "cases_by_kind": data["counts"],
-                "canonical_orientation": "training images and labels canonicalised with inference.orientation",
+                "canonical_orientation": "training images and labels canonicalised with inference.io.orientation",
             },
             "real_ct_used": data["real_ct_used"],
             "real_ct": (f"{REAL_CT_ID} from {self.options.real_ct} (organ pseudo labels, no tumor annotation)"

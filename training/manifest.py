@@ -1,6 +1,6 @@
 """Write `weights/cascade.json`: the stages, their parameters, provenance and the SHA-256 of every file.
 
-The format is defined by `inference.manifest` (which reads and verifies it); this module only
+The format is defined by `inference.cascade.cascade_json` (which reads and verifies it); this module only
 produces it, so the inference runtime never depends on training code.
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from inference.io import write_text_atomic
-from inference.manifest import MANIFEST_FORMAT, MANIFEST_NAME, file_digests, load_manifest
+from inference.io.images import write_text_atomic
+from inference.cascade.cascade_json import MANIFEST_FORMAT, MANIFEST_NAME, file_digests, load_manifest
 
 
 def git_commit(repo: Path) -> str | None:

@@ -73,7 +73,7 @@ def make_model_folder(folder: Path, *, labels=None, patch=(16, 32, 32), spacing=
     `bias_class` raises that class's final-layer bias so a random network predicts a plausible mix.
     """
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
-    from inference.model import build_network
+    from inference.engine.model import build_network
 
     labels = labels or FLARE_LABELS
     folder = Path(folder)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from inference.manifest import sha256_of  # one SHA-256 helper for exports and the manifest check
+from inference.cascade.cascade_json import sha256_of  # one SHA-256 helper for exports and the manifest check
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def default_features(patch_size: Sequence[int], spacing: Sequence[float], max_st
     raise ValueError(f"patch {tuple(patch_size)} allows no U-Net at spacing {tuple(spacing)}")
 
 
-# nnU-Net 2.8's planner names LeakyReLU by its short alias; the engine's allowlist (inference.model)
+# nnU-Net 2.8's planner names LeakyReLU by its short alias; the engine's allowlist (inference.engine.model)
 # knows the class by its defining module. Both resolve to the same class in nnU-Net (pydoc.locate),
 # so the plans we write use the full name and the exported folders load everywhere.
 CLASS_NAME_ALIASES = {"torch.nn.LeakyReLU": "torch.nn.modules.activation.LeakyReLU",
@@ -470,7 +470,7 @@ def strip_checkpoint(checkpoint: dict, configuration: str) -> dict:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    from inference.io import write_text_atomic
+    from inference.io.images import write_text_atomic
     write_text_atomic(path, json.dumps(payload, indent=2))
 
 

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.cascade_params import REFERENCE_VOXEL_MM3, CascadeParameters
+from inference.cascade.parameters import REFERENCE_VOXEL_MM3, CascadeParameters
 
 TUMOR_ORGANS = (1, 4, 2, 13)  # liver, pancreas, right kidney, left kidney (DESIGN section 4)
 ORGAN_NAMES = {1: "liver", 2: "right_kidney", 4: "pancreas", 13: "left_kidney"}

@@ -61,7 +61,7 @@ class CaseSpec:
 def case_specs(count: int, *, first_seed: int, prefix: str) -> list[CaseSpec]:
     """Varied phantoms: every phase and field of view, in-plane FOVs from 307 mm (a shrunken patient)
     to 410 mm (adult size), mostly at the model spacing so that nnU-Net's resampling costs little."""
-    from inference.phantom import FOVS, PHASES
+    from phantom import FOVS, PHASES
 
     shapes = [(96, 192, 192), (96, 256, 256), (112, 224, 224), (80, 240, 240), (128, 208, 208)]
     spacings = [(2.5, 1.6, 1.6), (2.5, 1.6, 1.6), (2.5, 1.6, 1.6), (3.0, 1.5, 1.5), (2.0, 1.8, 1.8)]
@@ -98,8 +98,8 @@ def organ_labels(labels: np.ndarray, hosts: tuple[int, ...] = ()) -> np.ndarray:
 
 def write_case(spec: CaseSpec, folder: Path) -> tuple[Path, Path]:
     """Write the phantom's CT and its organ-only labels (NIfTI, the phantom's geometry)."""
-    from inference.io import write_labels
-    from inference.phantom import make_phantom, write_phantom
+    from inference.io.images import write_labels
+    from phantom import make_phantom, write_phantom
 
     image_path, label_path = folder / f"{spec.case_id}_0000.nii.gz", folder / f"{spec.case_id}.nii.gz"
     if image_path.exists() and label_path.exists():

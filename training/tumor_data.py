@@ -1,6 +1,6 @@
 """Tumor-model data (steps 2-4 of the recipe): organ crops and credible tumor pseudo labels.
 
-Crops reuse the inference cascade's own box (`inference.cascade.organ_crop_box`: the organ's
+Crops reuse the inference cascade's own box (`inference.cascade.segmenter.organ_crop_box`: the organ's
 bounding box plus margins in mm along the patient's head-feet axis and in plane), so that a tumor
 model trains on exactly the kind of crop it will see. Targets are in the tumor model's labels:
 0 background, 1 tumor.
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import cc3d
 import numpy as np
 
-from inference.cascade import organ_crop_box, voxels_for_mm3
-from inference.cascade_params import CascadeParameters
-from inference.geometry import Geometry
+from inference.cascade.segmenter import organ_crop_box, voxels_for_mm3
+from inference.cascade.parameters import CascadeParameters
+from inference.core.geometry import Geometry
 
 TUMOR = 14
 TUMOR_MODEL_LABEL = 1

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from inference.geometry import Geometry
+from inference.core.geometry import Geometry
 
 CANONICAL_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 

@@ -29,7 +29,7 @@ Every random number is drawn before the grid is known, in a fixed order, so `pha
 `tumor_probability` and `direction` never change the anatomy; `shape`/`spacing` change only the
 patient's scale and the scanned range.
 
-Speed, measured with `python -m inference.phantom --benchmark` on the 2-core dev machine while
+Speed, measured with `python -m phantom.generator --benchmark` on the 2-core dev machine while
 other jobs ran (load ~4): default (64, 128, 128) 0.11 s CPU / 0.17 s wall; clinical (300, 512, 512)
 at (2.5, 0.8, 0.8) mm 7.7 s CPU / 11.7 s wall, peak RSS 0.8 GB. Everything is single-threaded
 numpy/scipy. Shape functions are evaluated in float32 on organ bounding boxes only, with separable
@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from inference.geometry import Geometry
-from inference.io import to_sitk, write_image_atomic, write_labels
+from inference.core.geometry import Geometry
+from inference.io.images import to_sitk, write_image_atomic, write_labels
 
 PHASES = ("plain", "arterial", "venous")
 FOVS = ("abdomen", "chest-abdomen", "abdomen-pelvis", "full")

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from inference.postprocessing import DEFAULT_ORGAN_RULES, ComponentRule, parse_rules
+from inference.cascade.postprocessing import DEFAULT_ORGAN_RULES, ComponentRule, parse_rules
 
 # Typical FLARE22/23 CT spacing (z, y, x) in mm, used only to convert the public voxel counts.
 REFERENCE_SPACING_MM = (2.5, 0.8, 0.8)
@@ -45,7 +45,7 @@ class CascadeParameters:
     tumor_min_organ_overlap_mm3: float = _reference_voxels_mm3(80)  # 128.0: component voxels on the host organ
     # Tumor components that neither overlap nor touch (26-neighbourhood) their host organ go.
     tumor_require_organ_contact: bool = True
-    # Organ clean-up (label -> rule), see inference.postprocessing.DEFAULT_ORGAN_RULES.
+    # Organ clean-up (label -> rule), see inference.cascade.postprocessing.DEFAULT_ORGAN_RULES.
     organ_postprocessing: Mapping[int, ComponentRule] = field(default_factory=lambda: dict(DEFAULT_ORGAN_RULES))
 
     def __post_init__(self):

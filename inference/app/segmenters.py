@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.engine import EngineOptions, ModelRunner
-from inference.geometry import Geometry
-from inference.manifest import is_manifest_folder, load_manifest
-from inference.model import ModelError, load_model
+from inference.engine.runner import EngineOptions, ModelRunner
+from inference.core.geometry import Geometry
+from inference.cascade.cascade_json import is_manifest_folder, load_manifest
+from inference.engine.model import ModelError, load_model
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
@@ -29,7 +29,7 @@ def build_segmenter(model_path, options: EngineOptions):
     """Verify and load everything before any case is touched (errors here are fatal, exit 3)."""
     model_path = Path(model_path)
     if is_manifest_folder(model_path):
-        from inference.cascade import CascadeSegmenter  # the cascade pulls in cc3d; only load it when used
+        from inference.cascade.segmenter import CascadeSegmenter  # the cascade pulls in cc3d; only load it when used
         return CascadeSegmenter(load_manifest(model_path), options)
     if (model_path / "plans.json").is_file():
         return SingleModelSegmenter(ModelRunner(load_model(model_path, device=options.device), options))

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference.choices import EXPORT_METHODS
-from inference.preprocessing import Preprocessed
-from inference.nnunet_resampling import nearest_indices
-from inference.resampling import area_bins, linear_source_weights, resample_torch, source_range_for_output
+from inference.core.choices import EXPORT_METHODS
+from inference.engine.preprocessing import Preprocessed
+from inference.resampling.nnunet import nearest_indices
+from inference.resampling.fast import area_bins, linear_source_weights, resample_torch, source_range_for_output
 
 NO_NEAREST_AXES = (False, False, False)
 

@@ -16,9 +16,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from inference.geometry import Geometry
-from inference.io import Case, InputError, read_ct, write_labels
-from inference.orientation import canonicalize, closest_axis_map
+from inference.core.geometry import Geometry
+from inference.io.images import Case, InputError, read_ct, write_labels
+from inference.io.orientation import canonicalize, closest_axis_map
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def read_case(case: Case):
 
 def segment_canonical(segmenter: Segmenter, volume: np.ndarray, geometry: Geometry,
                       timings: dict[str, float]) -> np.ndarray:
-    """Segment in the canonical array layout (inference.orientation), labels back in `volume`'s layout."""
+    """Segment in the canonical array layout (inference.io.orientation), labels back in `volume`'s layout."""
     view, canonical, restore = canonicalize(volume, geometry)
     return restore(segmenter.segment(view, canonical, timings))
 
@@ -95,7 +95,7 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
     """Segment every case into output_dir/<ID>.nii.gz; returns one report per case, in order.
 
     With `canonical_orientation` (the default) the segmenter sees every scan in the canonical
-    array layout (inference.orientation) and the labels are written back in the scan's own layout.
+    array layout (inference.io.orientation) and the labels are written back in the scan's own layout.
 
     `on_case_done(report, volume, labels, geometry)` runs after a case is segmented (volume
     reports, previews); its failures fail that case only. `first_read` is the first case's read,

@@ -25,14 +25,14 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from inference.cascade_params import CascadeParameters
-from inference.engine import EngineOptions, ModelRunner, Timer
-from inference.geometry import Geometry
-from inference.manifest import Manifest, ManifestError, TumorStage
-from inference.model import load_model, read_label_values
-from inference.postprocessing import postprocess_organs
-from inference.preprocessing import sanitize_hu
-from inference.report import LABEL_NAMES
+from inference.cascade.parameters import CascadeParameters
+from inference.engine.runner import EngineOptions, ModelRunner, Timer
+from inference.core.geometry import Geometry
+from inference.cascade.cascade_json import Manifest, ManifestError, TumorStage
+from inference.engine.model import load_model, read_label_values
+from inference.cascade.postprocessing import postprocess_organs
+from inference.engine.preprocessing import sanitize_hu
+from inference.app.volumes import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 

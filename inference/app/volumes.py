@@ -14,8 +14,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from inference.geometry import Geometry
-from inference.io import write_text_atomic
+from inference.core.geometry import Geometry
+from inference.io.images import write_text_atomic
 
 LABEL_NAMES: dict[int, str] = {
     1: "liver",

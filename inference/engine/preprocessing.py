@@ -4,7 +4,7 @@ normalise, resample to the configuration's spacing.
 One deliberate difference from nnU-Net by default: resampling to model spacing uses our torch
 backend (area down, linear up) instead of nnU-Net's third-order spline (skimage, float64, CPU),
 which costs seconds per case. `resampling="nnunet"` gives nnU-Net's values instead
-(`inference.nnunet_resampling`, equal to nnU-Net's function on every tested grid): with a model
+(`inference.resampling.nnunet`, equal to nnU-Net's function on every tested grid): with a model
 that is unsure of its organs, the two interpolations move its decisions (BENCHMARKS.md).
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inference.choices import RESAMPLINGS
-from inference.model import ModelConfig
-from inference.nnunet_resampling import resample_like_nnunet
-from inference.resampling import compute_new_shape, resample_torch
+from inference.core.choices import RESAMPLINGS
+from inference.engine.model import ModelConfig
+from inference.resampling.nnunet import resample_like_nnunet
+from inference.resampling.fast import compute_new_shape, resample_torch
 
 
 # HU outside this range is not tissue: scanner padding (-32768, -3024) and metal streak extremes.

@@ -28,7 +28,7 @@ def _step_size(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inference.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
+    from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", type=Path, help="folder of scans, one scan file, or a DICOM folder")
@@ -68,7 +68,7 @@ def configure_logging(verbose: bool) -> None:
 
 
 def check_output_folder(output: Path) -> None:
-    from inference.io import remove_stale_partials
+    from inference.io.images import remove_stale_partials
     try:
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
@@ -86,8 +86,8 @@ def write_demo_input(folder: Path) -> Path:
     phantom generator scales the patient to the field of view, and those weights learned patients
     of 110-170 mm fields of view; on an adult-sized 336-mm phantom they reach a mean organ Dice of
     0.18 instead of about 0.8 (BENCHMARKS.md, "The demo preset end to end")."""
-    from inference.io import write_labels
-    from inference.phantom import make_phantom, write_phantom
+    from inference.io.images import write_labels
+    from phantom import make_phantom, write_phantom
     phantom = make_phantom(2026, shape=(80, 150, 150), spacing=(3.0, 1.0, 1.0), phase="venous",
                            direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
     inputs = folder / "inputs"
@@ -99,7 +99,7 @@ def write_demo_input(folder: Path) -> Path:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    from inference.io import write_text_atomic
+    from inference.io.images import write_text_atomic
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(payload, indent=2))
 
@@ -136,8 +136,8 @@ def run(args) -> int:
     startup = {"before_run_s": seconds_since_process_start()}
     from concurrent.futures import ThreadPoolExecutor
 
-    from inference.io import discover_cases
-    from inference.pipeline import read_case, run_cases
+    from inference.io.images import discover_cases
+    from inference.app.pipeline import read_case, run_cases
 
     if args.demo is not None and not args.input.exists():
         write_demo_input(args.demo)
@@ -156,10 +156,10 @@ def run(args) -> int:
         first_read = prefetch.submit(read_case, cases[0])
         import torch
 
-        from inference.engine import DeviceError, EngineOptions, default_precision, resolve_device
-        from inference.manifest import ManifestError
-        from inference.model import ModelError
-        from inference.segmenters import DEFAULT_WEIGHTS, build_segmenter
+        from inference.engine.runner import DeviceError, EngineOptions, default_precision, resolve_device
+        from inference.cascade.cascade_json import ManifestError
+        from inference.engine.model import ModelError
+        from inference.app.segmenters import DEFAULT_WEIGHTS, build_segmenter
         startup["imports_s"] = time.perf_counter() - started
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -207,18 +207,18 @@ def _case_extras(args):
     """Per-case volume report and preview, written next to the label maps."""
     def extras(report, volume, labels, geometry):
         if args.volumes:
-            from inference.report import volume_report, write_volume_report_json
+            from inference.app.volumes import volume_report, write_volume_report_json
             volumes = volume_report(labels, geometry)
             write_volume_report_json(args.output / f"{report.case_id}_volumes.json", volumes)
             report.volumes = volumes
         if args.preview:
-            from inference.preview import write_preview_png
+            from inference.app.preview import write_preview_png
             write_preview_png(args.output / f"{report.case_id}_preview.png", volume, labels, geometry)
     return extras
 
 
 def _write_volume_table(output: Path, reports) -> None:
-    from inference.report import write_volume_reports_csv
+    from inference.app.volumes import write_volume_reports_csv
     tables = {r.case_id: r.volumes for r in reports if r.volumes is not None}
     if tables:
         write_volume_reports_csv(output / "volumes.csv", tables)
@@ -228,7 +228,7 @@ def _write_report(args, options, reports, seconds: float, startup: dict) -> None
     if args.report is not None and str(args.report) == "-":
         return
     path = args.report or args.output / "run_report.json"
-    from inference.pipeline import peak_gpu_mb, peak_rss_mb
+    from inference.app.pipeline import peak_gpu_mb, peak_rss_mb
     payload = {
         "input": str(args.input), "output": str(args.output),
         "model": str(args.model or "weights"),

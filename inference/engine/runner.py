@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inference.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
-from inference.export import NO_NEAREST_AXES, SlabExport
-from inference.model import LoadedModel
-from inference.nnunet_resampling import nearest_axes
-from inference.preprocessing import Preprocessed, preprocess
-from inference.sliding_window import predict_sliding_window, sliding_window_slabs
+from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
+from inference.engine.logits_to_labels import NO_NEAREST_AXES, SlabExport
+from inference.engine.model import LoadedModel
+from inference.resampling.nnunet import nearest_axes
+from inference.engine.preprocessing import Preprocessed, preprocess
+from inference.engine.sliding_window import predict_sliding_window, sliding_window_slabs
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from inference.choices import PRECISIONS
+from inference.core.choices import PRECISIONS
 
 log = logging.getLogger(__name__)
 

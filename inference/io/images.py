@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from inference.geometry import Geometry, GeometryError
+from inference.core.geometry import Geometry, GeometryError
 
 log = logging.getLogger(__name__)
 

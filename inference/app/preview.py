@@ -17,8 +17,8 @@ from pathlib import Path
 import cc3d
 import numpy as np
 
-from inference.geometry import Geometry
-from inference.report import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL, label_counts, tumor_components
+from inference.core.geometry import Geometry
+from inference.app.volumes import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL, label_counts, tumor_components
 
 WINDOW_HU, LEVEL_HU = 400.0, 40.0  # abdominal soft-tissue window W400/L40
 OVERLAY_ALPHA = 0.45
