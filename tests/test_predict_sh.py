@@ -37,7 +37,10 @@ def write_ct(path, shape=(8, 32, 30), seed=0):
 
 
 def predict(shell, cwd, **env):
-    environment = {k: v for k, v in os.environ.items() if k not in ("INPUT_DIR", "OUTPUT_DIR", "MODEL_DIR", "REPORT_PATH")}
+    """predict.sh as the caller; as root, in place (RUN_AS_ROOT=1) unless the test asks for the hand-over."""
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("INPUT_DIR", "OUTPUT_DIR", "MODEL_DIR", "REPORT_PATH", "RUN_AS_ROOT", "PREDICT_USER")}
+    environment["RUN_AS_ROOT"] = "1"
     environment.update({k: str(v) for k, v in env.items()})
     environment.setdefault("PYTHON", str(PYTHON) if PYTHON.exists() else "python")
     return subprocess.run([shell, str(SCRIPT)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
