@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-orientation", action="store_true",
                         help="run the models on the arrays as stored (default: permute/flip each scan's axes to "
                              "the canonical layout, direction diag(-1,-1,1), and back; exact, no resampling)")
+    batch = parser.add_argument_group("batches over many processes (docs/BATCH.md)")
+    batch.add_argument("--num-parts", type=int, default=1, help="split the input's cases into N parts (default 1)")
+    batch.add_argument("--part-id", type=int, default=0,
+                       help="run part K of N (0 <= K < N): sorted case IDs, every N-th from the K-th")
+    batch.add_argument("--continue", dest="resume", action="store_true",
+                       help="skip cases whose output is already a finished label map on the input's grid")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time mirroring over the model's allowed axes, logits averaged (nnU-Net's "
+                             "default; off here as in FLARE entries: 2^axes network passes)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -67,7 +76,9 @@ def configure_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def check_output_folder(output: Path) -> None:
+def check_output_folder(output: Path, case_ids=None) -> None:
+    """Writable, and without partial files of `case_ids` (all when None) left by a killed run; other
+    parts of a batch may be writing theirs into the same folder right now."""
     from inference.io.images import remove_stale_partials
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -75,7 +86,7 @@ def check_output_folder(output: Path) -> None:
             pass
     except OSError as error:
         raise PermissionError(f"{output}: output folder not writable ({error.strerror or error})") from None
-    for stale in remove_stale_partials(output):
+    for stale in remove_stale_partials(output, case_ids):
         log.warning("removed a partial output left by an interrupted run: %s", stale)
 
 
@@ -149,6 +160,19 @@ def run(args) -> int:
     if not cases:
         log.error("%s: no input scans found", args.input)
         return EXIT_USAGE
+    from inference.batch.plan import plan_part
+    from inference.batch.shards import ShardError
+    try:
+        plan = plan_part(cases, args.output, num_parts=args.num_parts, part_id=args.part_id, resume=args.resume)
+    except ShardError as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+    if plan.skipped:
+        log.info("--continue: %d of %d case(s) already finished, skipped", len(plan.skipped), len(plan.part_cases))
+    if not plan.to_run:
+        _write_report(args, None, [], time.perf_counter() - started, startup, plan)
+        return EXIT_OK
+    cases = plan.to_run
     # The first scan is read while torch is imported and the weights load: SimpleITK releases the
     # GIL while it decodes, and a fresh process spends seconds in `import torch` (4.8 s on the H100
     # machine, BENCHMARKS.md "GPU check").
@@ -166,11 +190,11 @@ def run(args) -> int:
         try:
             if args.output.resolve() == args.input.resolve():
                 raise PermissionError(f"{args.output}: output folder must differ from the input folder")
-            check_output_folder(args.output)
+            check_output_folder(args.output, [case.case_id for case in cases])
             device = resolve_device(args.device)
             options = EngineOptions(device=device, step_size=args.step_size,
                                     precision=args.precision or default_precision(device), export=args.export,
-                                    resampling=args.resampling)
+                                    resampling=args.resampling, tta=args.tta)
             setup_started = time.perf_counter()
             segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options)
             startup["model_setup_s"] = time.perf_counter() - setup_started
@@ -192,7 +216,7 @@ def run(args) -> int:
              args.output, time.perf_counter() - started, len(failed))
     if args.volumes:
         _write_volume_table(args.output, reports)
-    _write_report(args, options, reports, time.perf_counter() - started, startup)
+    _write_report(args, options, reports, time.perf_counter() - started, startup, plan)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -224,24 +248,32 @@ def _write_volume_table(output: Path, reports) -> None:
         write_volume_reports_csv(output / "volumes.csv", tables)
 
 
-def _write_report(args, options, reports, seconds: float, startup: dict) -> None:
+def _write_report(args, options, reports, seconds: float, startup: dict, plan) -> None:
     if args.report is not None and str(args.report) == "-":
         return
-    path = args.report or args.output / "run_report.json"
-    from inference.app.pipeline import peak_gpu_mb, peak_rss_mb
+    from inference.batch.summary import batch_summary, default_report_name
+    from inference.app.pipeline import peak_rss_mb
+    path = args.report or args.output / default_report_name(plan.num_parts, plan.part_id)
+    peak_gpu = _peak_gpu_mb() if options is not None else None
     payload = {
         "input": str(args.input), "output": str(args.output),
         "model": str(args.model or "weights"),
-        "options": {"device": str(options.device), "step_size": options.step_size,
-                    "precision": options.precision, "export": options.export,
-                    "resampling": options.resampling,
-                    "canonical_orientation": not args.keep_orientation},
+        "options": None if options is None else {
+            "device": str(options.device), "step_size": options.step_size, "precision": options.precision,
+            "export": options.export, "resampling": options.resampling, "tta": options.tta,
+            "canonical_orientation": not args.keep_orientation},
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
-                    "failed": sum(r.status != "ok" for r in reports), "seconds": round(seconds, 2),
-                    "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu_mb()},
+                    "failed": sum(r.status != "ok" for r in reports), "skipped": len(plan.skipped),
+                    "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu},
         # where a fresh process's seconds go before the first case: interpreter start-up, our
         # imports (torch), building the models (CUDA start-up and weight loading included)
         "startup_seconds": {k: None if v is None else round(v, 3) for k, v in startup.items()},
+        "batch": batch_summary(plan, reports, seconds, peak_rss_mb(), peak_gpu),
         "cases": [{k: v for k, v in r.as_dict().items()} for r in reports],
     }
     write_json_atomic(path, payload)
+
+
+def _peak_gpu_mb():
+    from inference.app.pipeline import peak_gpu_mb
+    return peak_gpu_mb()

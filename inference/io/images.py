@@ -287,12 +287,16 @@ def write_labels(path, labels: np.ndarray, geometry: Geometry) -> None:
     write_image_atomic(to_sitk(labels, geometry), path)
 
 
-def remove_stale_partials(folder) -> list[Path]:
-    """Delete temporary outputs left by a run that was killed mid-write."""
+def remove_stale_partials(folder, case_ids=None) -> list[Path]:
+    """Delete temporary outputs left by a run that was killed mid-write: all of them, or only those
+    of `case_ids` (other processes may be writing theirs into the same folder)."""
     removed = []
     folder = Path(folder)
+    prefixes = None if case_ids is None else tuple(f".{case_id}{PARTIAL_MARKER}" for case_id in case_ids)
     if folder.is_dir():
         for entry in folder.iterdir():
+            if prefixes is not None and not entry.name.startswith(prefixes):
+                continue
             if entry.name.startswith(".") and PARTIAL_MARKER in entry.name and entry.is_file():
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
