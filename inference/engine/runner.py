@@ -10,6 +10,7 @@ import torch
 
 from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
 from inference.engine.logits_to_labels import NO_NEAREST_AXES, SlabExport
+from inference.engine.mirroring import maybe_mirrored
 from inference.engine.model import LoadedModel
 from inference.resampling.nnunet import nearest_axes
 from inference.engine.preprocessing import Preprocessed, preprocess
@@ -42,6 +43,7 @@ class EngineOptions:
     # input (third-order spline on the CPU, seconds slower) and of the logits (nearest along the
     # thick axis of anisotropic scans), so that labels match nnU-Net's predictor
     resampling: str = "fast"
+    tta: bool = False  # test-time mirroring over the model's allowed axes (inference.mirroring)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -88,7 +90,7 @@ class ModelRunner:
     """
 
     def __init__(self, model: LoadedModel, options: EngineOptions):
-        self.model = model.to(options.device)
+        self.model = maybe_mirrored(model.to(options.device), options.tta)
         self.options = options
         self.config = model.config
 
