@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from training.cli_checks import check_data_folder, check_devices, check_preset_options
 from training.driver import DEFAULT_REAL_CT, STEPS, DriverError, RunOptions, run
 from training.presets import PRESETS, apply_overrides, get_preset
 
@@ -81,10 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also score the step-2 tumor models (no pseudo labels, same budget) on the "
                              "validation cases")
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    if args.num_gpus > 1 and args.device != "cuda":
-        parser.error("--num-gpus > 1 needs --device cuda (nnU-Net's DDP runs on CUDA only)")
-    return args
+    return parser.parse_args(argv)
+
+
+def check_arguments(args, preset, cuda_devices: int) -> None:
+    """Raise UsageError for options that cannot work together or a --data folder that cannot be used."""
+    check_devices(args.device, args.num_gpus, cuda_devices)
+    check_preset_options(preset, args.make_data)
+    if not args.make_data and "data" in args.steps:
+        check_data_folder(args.data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         preset = apply_overrides(get_preset(args.preset), args.overrides)
-    except ValueError as error:
+        check_arguments(args, preset, torch.cuda.device_count())
+    except ValueError as error:  # UsageError included
         print(f"error: {error}", file=sys.stderr)
         return 2
     options = RunOptions(preset=preset, data=args.data, work=args.work, weights=args.weights,
