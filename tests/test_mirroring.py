@@ -1,7 +1,6 @@
 """`--tta`: nnU-Net's test-time mirroring as a wrapper around the network callable."""
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from inference.engine.runner import EngineOptions, ModelRunner

@@ -147,29 +147,14 @@ def run(args) -> int:
     startup = {"before_run_s": seconds_since_process_start()}
     from concurrent.futures import ThreadPoolExecutor
 
-    from inference.io.images import discover_cases
     from inference.app.pipeline import read_case, run_cases
 
     if args.demo is not None and not args.input.exists():
         write_demo_input(args.demo)
-    try:
-        cases = discover_cases(args.input)
-    except FileNotFoundError as error:
-        log.error("%s", error)
-        return EXIT_USAGE
-    if not cases:
-        log.error("%s: no input scans found", args.input)
-        return EXIT_USAGE
-    from inference.batch.plan import plan_part
-    from inference.batch.shards import ShardError
-    try:
-        plan = plan_part(cases, args.output, num_parts=args.num_parts, part_id=args.part_id, resume=args.resume)
-    except ShardError as error:
-        log.error("%s", error)
-        return EXIT_USAGE
-    if plan.skipped:
-        log.info("--continue: %d of %d case(s) already finished, skipped", len(plan.skipped), len(plan.part_cases))
-    if not plan.to_run:
+    plan = _plan_batch(args)
+    if isinstance(plan, int):
+        return plan
+    if not plan.to_run:  # --continue on a finished batch: nothing to load
         _write_report(args, None, [], time.perf_counter() - started, startup, plan)
         return EXIT_OK
     cases = plan.to_run
@@ -218,6 +203,30 @@ def run(args) -> int:
         _write_volume_table(args.output, reports)
     _write_report(args, options, reports, time.perf_counter() - started, startup, plan)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _plan_batch(args):
+    """This run's cases: the input's, this part's share of them (--num-parts/--part-id), less
+    those already finished (--continue), as a BatchPlan; an exit code for a usage error."""
+    from inference.batch.plan import plan_part
+    from inference.batch.shards import ShardError
+    from inference.io.images import discover_cases
+    try:
+        cases = discover_cases(args.input)
+    except FileNotFoundError as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+    if not cases:
+        log.error("%s: no input scans found", args.input)
+        return EXIT_USAGE
+    try:
+        plan = plan_part(cases, args.output, num_parts=args.num_parts, part_id=args.part_id, resume=args.resume)
+    except ShardError as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+    if plan.skipped:
+        log.info("--continue: %d of %d case(s) already finished, skipped", len(plan.skipped), len(plan.part_cases))
+    return plan
 
 
 def _progress_bar(total: int, disable: bool):
