@@ -4,6 +4,8 @@ The packages follow the pipeline and import only downwards (checked by import-li
 `.importlinter`):
 
     app         command line, many cases through one segmenter, volume report, preview
+    batch       a part of a batch (shards, --continue checks), part reports, the completeness check;
+                imports io and core only
     cascade     organ model -> tumour models on organ crops -> post-processing; reads cascade.json
     engine      one nnU-Net model: load, preprocess, sliding window, logits to labels
     resampling  array resampling kernels (fast torch path, nnU-Net's spline path)
