@@ -50,8 +50,9 @@ def test_slurm_task_becomes_the_part_in_the_container_command(tmp_path):
 
 def test_slurm_array_tasks_run_predict_sh_and_complete_the_batch(tmp_path, model):
     inputs = write_cases(tmp_path / "in")
+    # RUN_AS_ROOT=1: predict.sh runs the engine in place, as it does for the user Apptainer runs as
     env = {"INPUT_DIR": str(inputs), "OUTPUT_DIR": str(tmp_path / "out"), "CONTAINER_IMAGE": "none",
-           "SLURM_ARRAY_TASK_COUNT": "2", "PYTHON": sys.executable, "MODEL_DIR": str(model)}
+           "SLURM_ARRAY_TASK_COUNT": "2", "PYTHON": sys.executable, "MODEL_DIR": str(model), "RUN_AS_ROOT": "1"}
     for task in range(2):
         result = sbatch(env, SLURM_ARRAY_TASK_ID=str(task))
         assert result.returncode == 0, result.stderr[-2000:]
@@ -76,13 +77,16 @@ def test_indexed_job_fields_agree_with_its_command():
     assert '--part-id "$JOB_COMPLETION_INDEX" --continue' in script
     assert f"-of-{spec['completions']}.json" in script
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    security = spec["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] and security["runAsUser"] != 0  # predict.sh then writes in place
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/workspace/inputs"]["readOnly"] and "/workspace/outputs" in mounts
 
 
 def test_indexed_job_pod_command_for_every_index_completes_the_batch(tmp_path, model):
     """The pod's shell command as written, with the image's paths pointed at this repository and at
-    temporary folders, and 2 parts instead of 16."""
+    temporary folders, and 2 parts instead of 16; RUN_AS_ROOT=1 stands for the pod's non-root user
+    (predict.sh runs the engine in place)."""
     job = indexed_job()
     container = job["spec"]["template"]["spec"]["containers"][0]
     parts = job["spec"]["completions"]
@@ -93,7 +97,8 @@ def test_indexed_job_pod_command_for_every_index_completes_the_batch(tmp_path, m
     (tmp_path / "reports").mkdir()
     for index in range(2):
         env = {**os.environ, "JOB_COMPLETION_INDEX": str(index), "INPUT_DIR": str(inputs),
-               "OUTPUT_DIR": str(tmp_path / "out"), "PYTHON": sys.executable, "MODEL_DIR": str(model)}
+               "OUTPUT_DIR": str(tmp_path / "out"), "PYTHON": sys.executable, "MODEL_DIR": str(model),
+               "RUN_AS_ROOT": "1"}
         result = subprocess.run([*container["command"], script], env=env, capture_output=True, text=True,
                                 timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
