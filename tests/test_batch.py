@@ -179,3 +179,15 @@ def test_continue_redoes_outputs_that_are_not_finished_label_maps(tmp_path, mode
     assert "pixel type" in batch["redone"]["case_c"]
     resumed = labels_of(outputs)
     assert all(np.array_equal(resumed[name], original[name]) for name in original)
+
+
+def test_continue_on_a_finished_batch_loads_no_model(tmp_path, model):
+    inputs = write_cases(tmp_path / "in", ids=("a", "b"))
+    outputs = tmp_path / "out"
+    assert main(engine(inputs, outputs, model)[3:]) == EXIT_OK
+    probe = ("import sys; from inference.app.cli import main; "
+             f"code = main({[str(a) for a in engine(inputs, outputs, model, '--continue')[3:]]!r}); "
+             "print(code, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["0", "False"]
+    assert batch_section(outputs / "run_report.json")["skipped"] == ["a", "b"]

@@ -260,10 +260,10 @@ def _write_volume_table(output: Path, reports) -> None:
 def _write_report(args, options, reports, seconds: float, startup: dict, plan) -> None:
     if args.report is not None and str(args.report) == "-":
         return
+    from inference.app.pipeline import peak_gpu_mb, peak_rss_mb
     from inference.batch.summary import batch_summary, default_report_name
-    from inference.app.pipeline import peak_rss_mb
     path = args.report or args.output / default_report_name(plan.num_parts, plan.part_id)
-    peak_gpu = _peak_gpu_mb() if options is not None else None
+    peak_gpu = peak_gpu_mb() if options is not None else None  # None: no model ran, torch never imported
     payload = {
         "input": str(args.input), "output": str(args.output),
         "model": str(args.model or "weights"),
@@ -281,8 +281,3 @@ def _write_report(args, options, reports, seconds: float, startup: dict, plan) -
         "cases": [{k: v for k, v in r.as_dict().items()} for r in reports],
     }
     write_json_atomic(path, payload)
-
-
-def _peak_gpu_mb():
-    from inference.app.pipeline import peak_gpu_mb
-    return peak_gpu_mb()

@@ -43,7 +43,7 @@ class EngineOptions:
     # input (third-order spline on the CPU, seconds slower) and of the logits (nearest along the
     # thick axis of anisotropic scans), so that labels match nnU-Net's predictor
     resampling: str = "fast"
-    tta: bool = False  # test-time mirroring over the model's allowed axes (inference.mirroring)
+    tta: bool = False  # test-time mirroring over the model's allowed axes (engine.mirroring)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
