@@ -218,7 +218,10 @@ def _read_sitk(path: Path) -> sitk.Image:
                 log.warning("%s: %d DICOM series, reading the first (%s)", path, len(series), series[0])
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-            return reader.Execute()
+            reader.MetaDataDictionaryArrayUpdateOn()  # per-instance positions, for the spacing check
+            image = reader.Execute()
+            _check_series_spacing(path, reader, image)
+            return image
         if image_suffix(path.name) is None:
             raise InputError(path, f"unknown extension; expected one of {', '.join(IMAGE_SUFFIXES)} "
                                    "or a DICOM folder")
@@ -229,6 +232,18 @@ def _read_sitk(path: Path) -> sitk.Image:
         detail = str(error).strip().splitlines()
         reason = next((line.strip() for line in detail if "rror" in line or "nable" in line), detail[-1] if detail else "")
         raise InputError(path, f"not a readable image ({reason[:200]})") from None
+
+
+def _check_series_spacing(path: Path, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
+    from inference.io.series_spacing import uneven_slices
+    try:
+        positions = [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                     for i in range(len(reader.GetFileNames()))]
+    except (RuntimeError, ValueError):
+        raise InputError(path, "an instance has no readable Image Position (Patient)") from None
+    problem = uneven_slices(positions, np.asarray(image.GetDirection()).reshape(3, 3)[:, 2])
+    if problem:
+        raise InputError(path, f"incomplete DICOM series: {problem}")
 
 
 def geometry_of(image: sitk.Image) -> Geometry:

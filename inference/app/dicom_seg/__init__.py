@@ -1,0 +1,1 @@
+"""DICOM Segmentation output for a DICOM series input (highdicom + pydicom)."""
