@@ -3,7 +3,8 @@
 The packages follow the pipeline and import only downwards (checked by import-linter, see
 `.importlinter`):
 
-    app         command line, many cases through one segmenter, volume report, preview
+    app         command line, many cases through one segmenter, volume report, preview, quality
+                check, DICOM SEG output
     batch       a part of a batch (shards, --continue checks), part reports, the completeness check;
                 imports io and core only
     cascade     organ model -> tumour models on organ crops -> post-processing; reads cascade.json

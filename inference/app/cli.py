@@ -27,8 +27,16 @@ def _step_size(text: str) -> float:
     return value
 
 
+def _output_formats(text: str) -> tuple[str, ...]:
+    from inference.app.outputs import parse_output_formats
+    try:
+        return parse_output_formats(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
+    from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, QA_MODES, RESAMPLINGS
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", type=Path, help="folder of scans, one scan file, or a DICOM folder")
@@ -52,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON run report (default: OUTPUT/run_report.json; '-' disables)")
     parser.add_argument("--volumes", action="store_true", help="write <ID>_volumes.json and volumes.csv (organ mL, tumors)")
     parser.add_argument("--preview", action="store_true", help="write <ID>_preview.png (axial/coronal/sagittal overlays)")
+    parser.add_argument("--qa", choices=QA_MODES, default="report",
+                        help="per-case quality flags (organ volumes, missing or misplaced organs, tumour outliers): "
+                             "report (default) logs and reports them; strict also counts flagged cases as failed "
+                             "(exit 1); off skips the check")
+    parser.add_argument("--output-format", type=_output_formats, default=("nifti",), metavar="FORMATS",
+                        help="nifti (default), dicom-seg, dicom-seg-labelmap, or nifti with one of them "
+                             "(nifti,dicom-seg): a DICOM Segmentation <ID>.seg.dcm referencing the source series, "
+                             "binary or label map (DICOM series inputs only; other inputs keep NIfTI)")
     parser.add_argument("--demo", type=Path, metavar="DIR",
                         help="write a synthetic CT to DIR/inputs and segment it into DIR/outputs")
     parser.add_argument("--keep-orientation", action="store_true",
@@ -147,7 +163,7 @@ def run(args) -> int:
     startup = {"before_run_s": seconds_since_process_start()}
     from concurrent.futures import ThreadPoolExecutor
 
-    from inference.app.pipeline import read_case, run_cases
+    from inference.app.pipeline import read_case
 
     if args.demo is not None and not args.input.exists():
         write_demo_input(args.demo)
@@ -188,12 +204,7 @@ def run(args) -> int:
             return EXIT_FATAL
     log.info("%d case(s) from %s on %s (%s, step %.2f, export %s)", len(cases), args.input, device,
              options.precision, options.step_size, options.export)
-    on_case_done = _case_extras(args) if (args.volumes or args.preview) else None
-    progress = _progress_bar(len(cases), disable=args.no_progress)
-    reports = run_cases(cases, args.output, segmenter, on_case_done=on_case_done, progress=progress,
-                        first_read=first_read, canonical_orientation=not args.keep_orientation)
-    if progress is not None:
-        progress.close()
+    reports = _segment_cases(args, cases, segmenter, first_read)
     failed = [r for r in reports if r.status != "ok"]
     for report in failed:
         log.error("FAILED %s: %s", report.input, report.error)
@@ -229,6 +240,22 @@ def _plan_batch(args):
     return plan
 
 
+def _segment_cases(args, cases, segmenter, first_read):
+    """Every case through the pipeline with the asked-for extras, outputs and quality mode."""
+    from inference.app.outputs import output_writer
+    from inference.app.pipeline import run_cases
+    from inference.app.quality import apply_qa_mode
+    on_case_done = _case_extras(args) if (args.volumes or args.preview or args.qa != "off") else None
+    progress = _progress_bar(len(cases), disable=args.no_progress)
+    reports = run_cases(cases, args.output, segmenter, on_case_done=on_case_done, progress=progress,
+                        first_read=first_read, canonical_orientation=not args.keep_orientation,
+                        write_outputs=output_writer(args.output_format))
+    if progress is not None:
+        progress.close()
+    apply_qa_mode(reports, args.qa)
+    return reports
+
+
 def _progress_bar(total: int, disable: bool):
     if disable or total < 2 or not sys.stderr.isatty():
         return None
@@ -239,9 +266,17 @@ def _progress_bar(total: int, disable: bool):
 def _case_extras(args):
     """Per-case volume report and preview, written next to the label maps."""
     def extras(report, volume, labels, geometry):
-        if args.volumes:
-            from inference.app.volumes import volume_report, write_volume_report_json
+        volumes = None
+        if args.volumes or args.qa != "off":
+            from inference.app.volumes import volume_report
             volumes = volume_report(labels, geometry)
+        if args.qa != "off":
+            from inference.app.quality import check_quality
+            report.quality = check_quality(labels, volume, geometry, volumes)
+        if args.volumes:
+            from inference.app.volumes import write_volume_report_json
+            if report.quality is not None:
+                volumes["quality"] = report.quality
             write_volume_report_json(args.output / f"{report.case_id}_volumes.json", volumes)
             report.volumes = volumes
         if args.preview:
@@ -270,9 +305,11 @@ def _write_report(args, options, reports, seconds: float, startup: dict, plan) -
         "options": None if options is None else {
             "device": str(options.device), "step_size": options.step_size, "precision": options.precision,
             "export": options.export, "resampling": options.resampling, "tta": options.tta,
-            "canonical_orientation": not args.keep_orientation},
+            "canonical_orientation": not args.keep_orientation, "qa": args.qa,
+            "output_format": list(args.output_format)},
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
                     "failed": sum(r.status != "ok" for r in reports), "skipped": len(plan.skipped),
+                    "quality_flagged": sum(bool(r.quality and r.quality["flagged"]) for r in reports),
                     "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu},
         # where a fresh process's seconds go before the first case: interpreter start-up, our
         # imports (torch), building the models (CUDA start-up and weight loading included)

@@ -44,6 +44,9 @@ class CaseReport:
     orientation: dict | None = None  # axes permuted/flipped to the canonical layout, when any were
     volumes: dict | None = None  # organ and tumor volumes, when asked for
     details: dict | None = None  # what the segmenter decided (cascade: aorta crop, contrast, tumor filters)
+    quality: dict | None = None  # inference.app.quality flags, unless --qa off
+    outputs: dict | None = None  # format -> file written (nifti, dicom-seg)
+    output_note: str | None = None  # why an asked-for format was not written
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +94,9 @@ def _describe(error: BaseException) -> str:
 def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
               on_case_done: Callable[[CaseReport, np.ndarray | None, np.ndarray | None, Geometry | None], None] | None = None,
               progress=None, first_read: Future | None = None,
-              canonical_orientation: bool = True) -> list[CaseReport]:
+              canonical_orientation: bool = True,
+              write_outputs: Callable[[Case, Path, np.ndarray, Geometry, CaseReport], None] | None = None,
+              ) -> list[CaseReport]:
     """Segment every case into output_dir/<ID>.nii.gz; returns one report per case, in order.
 
     With `canonical_orientation` (the default) the segmenter sees every scan in the canonical
@@ -99,7 +104,9 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
 
     `on_case_done(report, volume, labels, geometry)` runs after a case is segmented (volume
     reports, previews); its failures fail that case only. `first_read` is the first case's read,
-    already started by the caller (so that it overlaps model loading).
+    already started by the caller (so that it overlaps model loading). `write_outputs(case,
+    output_dir, labels, geometry, report)` writes a case's files (default: the NIfTI label map;
+    inference.app.outputs for DICOM SEG) and sets report.output.
     """
     output_dir = Path(output_dir)
     reports: list[CaseReport] = []
@@ -115,17 +122,7 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
             try:
                 volume, geometry, read_seconds = current.result()
                 report.seconds["read"] = read_seconds
-                report.shape_zyx, report.spacing_zyx = list(geometry.shape), list(geometry.spacing)
-                if canonical_orientation:
-                    axis_map = closest_axis_map(geometry.direction)
-                    report.orientation = None if axis_map.is_identity else axis_map.as_dict()
-                    labels = segment_canonical(segmenter, volume, geometry, report.seconds)
-                else:
-                    labels = segmenter.segment(volume, geometry, report.seconds)
-                if labels.shape != geometry.shape or labels.dtype != np.uint8:
-                    raise RuntimeError(f"segmenter returned {labels.dtype} {labels.shape}, expected uint8 {geometry.shape}")
-                report.labels_present = [int(v) for v in np.unique(labels) if v]
-                report.details = dict(getattr(segmenter, "last_case_info", None) or {}) or None
+                labels = _segment_case(segmenter, volume, geometry, report, canonical_orientation)
                 if on_case_done is not None:
                     on_case_done(report, volume, labels, geometry)
                 del volume
@@ -138,8 +135,7 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
                 _finish_write(*pending_write)
                 pending_write = None
             if labels is not None:
-                output = case.output_path(output_dir)
-                future = writer.submit(_write, output, labels, geometry, report)
+                future = writer.submit(_write, write_outputs or write_nifti, case, output_dir, labels, geometry, report)
                 pending_write = (future, report)
             report.seconds["total"] = time.perf_counter() - started
             report.peak_rss_mb = round(peak_rss_mb(), 1)
@@ -153,11 +149,33 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
     return reports
 
 
-def _write(output: Path, labels: np.ndarray, geometry: Geometry, report: CaseReport) -> None:
-    start = time.perf_counter()
+def _segment_case(segmenter: Segmenter, volume: np.ndarray, geometry: Geometry, report: CaseReport,
+                  canonical_orientation: bool) -> np.ndarray:
+    report.shape_zyx, report.spacing_zyx = list(geometry.shape), list(geometry.spacing)
+    if canonical_orientation:
+        axis_map = closest_axis_map(geometry.direction)
+        report.orientation = None if axis_map.is_identity else axis_map.as_dict()
+        labels = segment_canonical(segmenter, volume, geometry, report.seconds)
+    else:
+        labels = segmenter.segment(volume, geometry, report.seconds)
+    if labels.shape != geometry.shape or labels.dtype != np.uint8:
+        raise RuntimeError(f"segmenter returned {labels.dtype} {labels.shape}, expected uint8 {geometry.shape}")
+    report.labels_present = [int(v) for v in np.unique(labels) if v]
+    report.details = dict(getattr(segmenter, "last_case_info", None) or {}) or None
+    return labels
+
+
+def write_nifti(case: Case, output_dir: Path, labels: np.ndarray, geometry: Geometry, report: CaseReport) -> None:
+    output = case.output_path(output_dir)
     write_labels(output, labels, geometry)
-    report.seconds["write"] = time.perf_counter() - start
     report.output = str(output)
+
+
+def _write(write_outputs, case: Case, output_dir: Path, labels: np.ndarray, geometry: Geometry,
+           report: CaseReport) -> None:
+    start = time.perf_counter()
+    write_outputs(case, output_dir, labels, geometry, report)
+    report.seconds["write"] = time.perf_counter() - start
 
 
 def _finish_write(future: Future, report: CaseReport) -> None:

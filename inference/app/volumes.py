@@ -133,8 +133,9 @@ REPORT_CSV_COLUMNS = ("case", "kind", "name", "volume_ml", "components")
 def write_volume_reports_csv(path, reports: dict[str, dict]) -> None:
     """Long-form CSV of many cases: one row per organ, one for the tumor total, one per host.
 
-    kind is "organ", "tumor" (all tumor of the case) or "tumor_host" (name is the host organ);
-    components is empty for organs.
+    kind is "organ", "tumor" (all tumor of the case), "tumor_host" (name is the host organ) or
+    "quality_flag" (name is rule:subject, the measured value and reference are in the JSON);
+    components is empty for organs, volume_ml and components for flags.
     """
     rows = []
     for case_id, report in reports.items():
@@ -144,9 +145,11 @@ def write_volume_reports_csv(path, reports: dict[str, dict]) -> None:
         rows.append((case_id, "tumor", LABEL_NAMES[TUMOR_LABEL], tumor["volume_ml"], tumor["components"]))
         for host, entry in tumor["by_host"].items():
             rows.append((case_id, "tumor_host", host, entry["volume_ml"], entry["components"]))
+        for flag in (report.get("quality") or {}).get("flags", []):
+            rows.append((case_id, "quality_flag", f"{flag['rule']}:{flag['subject']}", None, ""))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(REPORT_CSV_COLUMNS)
     for case_id, kind, name, volume, components in rows:
-        writer.writerow((case_id, kind, name, f"{volume:.4f}", components))
+        writer.writerow((case_id, kind, name, "" if volume is None else f"{volume:.4f}", components))
     write_text_atomic(Path(path), buffer.getvalue())
