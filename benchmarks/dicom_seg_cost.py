@@ -4,8 +4,9 @@
 
 A phantom of a clinical size (SLICES x 512 x 512, 0.8 mm in plane, an adult-sized patient) is
 written as a DICOM series (tests/dicom_series.py), read back as the engine reads it, and its true
-label map is written as NIfTI (the baseline every run pays), as a DICOM SEG (series headers read
-and matched, the SEG built and written), and checked by inference.app.quality. Each is timed REPEATS
+label map is written as NIfTI (the baseline every run pays), as a binary and as a label-map DICOM
+SEG (series headers read and matched, the SEG built and written), and checked by
+inference.app.quality. Each is timed REPEATS
 times in the same process, alternating; the medians are printed with their ratio.
 """
 from __future__ import annotations
@@ -56,8 +57,12 @@ def main(argv=None) -> int:
             "nifti_write_s": _median_seconds(lambda: write_labels(scratch / "labels.nii.gz", labels, geometry), args.repeats),
             "dicom_seg_s": _median_seconds(lambda: write_dicom_seg(scratch / "labels.seg.dcm", labels, geometry,
                                                                     scratch / "series"), args.repeats),
-            "quality_check_s": _median_seconds(lambda: check_quality(labels, volume, geometry), args.repeats),
             "seg_file_mb": (scratch / "labels.seg.dcm").stat().st_size / 2**20,
+            "dicom_seg_labelmap_s": _median_seconds(lambda: write_dicom_seg(scratch / "map.seg.dcm", labels, geometry,
+                                                                             scratch / "series", labelmap=True),
+                                                    args.repeats),
+            "labelmap_file_mb": (scratch / "map.seg.dcm").stat().st_size / 2**20,
+            "quality_check_s": _median_seconds(lambda: check_quality(labels, volume, geometry), args.repeats),
         }
     result["dicom_seg_over_nifti"] = result["dicom_seg_s"] / result["nifti_write_s"]
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, indent=1))

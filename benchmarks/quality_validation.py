@@ -6,8 +6,9 @@ The held-out validation phantoms are rebuilt exactly as `make weights` drew them
 parameters recorded in weights/cascade.json (provenance.preset_parameters.data) go to
 training.dataset.build_flare_dataset, whose imagesVal/labelsVal are the 12 validation cases (case
 seeds never shared with training). Each is segmented with the shipped weights as the engine runs
-them, and checked; the true label maps are checked too (they must raise nothing). `--real` adds
-a real CT: its flags are printed in full.
+them, and checked; the true label maps are checked too (they must raise nothing), and so are
+adult-sized phantoms (a 410-mm field of view, where the adult volume ranges apply: seeds 0..N-1
+in three fields of view). `--real` adds a real CT: its flags are printed in full.
 """
 from __future__ import annotations
 
@@ -50,10 +51,23 @@ def check_case(segmenter, image_path: Path, label_path: Path | None) -> dict:
     return result
 
 
+def adult_phantoms_flagged(count: int) -> int:
+    """True label maps of adult-sized phantoms (8 seeds x 3 fields of view by default) that are flagged."""
+    from inference.app.quality import check_quality
+    from phantom import make_phantom
+    flagged = 0
+    for seed in range(count):
+        for fov in ("abdomen", "abdomen-pelvis", "chest-abdomen"):
+            case = make_phantom(seed, shape=(70, 128, 128), spacing=(5.0, 3.2, 3.2), fov=fov)
+            flagged += check_quality(case.labels, case.image, case.geometry)["flagged"]
+    return flagged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("out/quality_validation/data"))
     parser.add_argument("--real", type=Path, default=None, help="a real CT to segment and check as well")
+    parser.add_argument("--adult-seeds", type=int, default=8)
     parser.add_argument("--json", type=Path, default=Path("out/quality_validation/result.json"))
     args = parser.parse_args(argv)
 
@@ -66,7 +80,8 @@ def main(argv=None) -> int:
               "| truth:", [f["message"] for f in result["truth"]["flags"]] or "no flag")
     summary = {"validation_cases": len(results),
                "predicted_flagged": sum(r["predicted"]["flagged"] for r in results.values()),
-               "truth_flagged": sum(r["truth"]["flagged"] for r in results.values())}
+               "truth_flagged": sum(r["truth"]["flagged"] for r in results.values()),
+               "adult_phantoms": 3 * args.adult_seeds, "adult_phantoms_flagged": adult_phantoms_flagged(args.adult_seeds)}
     if args.real is not None:
         results["real"] = check_case(segmenter, args.real, None)
         print("real CT:", results["real"]["segment_s"], "s;", len(results["real"]["predicted"]["flags"]), "flags")

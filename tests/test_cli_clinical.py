@@ -81,8 +81,9 @@ def test_dicom_seg_beside_or_instead_of_nifti(tmp_path, liver_model, phantom):
     segments = {s.SegmentLabel for s in seg.SegmentSequence}
     assert "liver" in segments and segments == {name for name, value in LABELS.items() if value and (nifti == value).any()}
     only = tmp_path / "only"
-    assert run("-i", series, "-o", only, "--model", model, "--output-format", "dicom-seg") == EXIT_OK
+    assert run("-i", series, "-o", only, "--model", model, "--output-format", "dicom-seg-labelmap") == EXIT_OK
     assert sorted(p.name for p in only.iterdir()) == ["CASE1.seg.dcm", "run_report.json"]
+    assert pydicom.dcmread(only / "CASE1.seg.dcm").SegmentationType == "LABELMAP"
 
 
 def test_dicom_seg_for_a_nifti_input_keeps_nifti_and_says_so(tmp_path, model, phantom):
@@ -105,7 +106,7 @@ def test_incomplete_series_fails_alone_and_leaves_no_file(tmp_path, model, phant
     assert sorted(p.name for p in out.iterdir()) == ["GOOD.nii.gz", "GOOD.seg.dcm", "run_report.json"]
 
 
-@pytest.mark.parametrize("value", ["dicom", "nifti,nifti", ""])
+@pytest.mark.parametrize("value", ["dicom", "nifti,nifti", "", "dicom-seg,dicom-seg-labelmap"])
 def test_bad_output_format_is_a_usage_error(value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["-i", "x", "-o", "y", "--output-format", value])

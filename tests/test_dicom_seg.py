@@ -66,13 +66,15 @@ def _read_back(seg_path: Path, series: Path, geometry) -> np.ndarray:
         numbers = seg.get_pixels_by_source_instance(uids, combine_segments=True, relabel=False)
     labels = np.zeros(256, np.uint8)
     for segment in seg.SegmentSequence:
-        labels[segment.SegmentNumber] = LABEL_OF[segment.SegmentLabel]
+        if segment.SegmentNumber:  # a label map SEG describes its background as segment 0
+            labels[segment.SegmentNumber] = LABEL_OF[segment.SegmentLabel]
     return labels[numbers]
 
 
+@pytest.mark.parametrize("labelmap", [False, True], ids=["binary", "labelmap"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("source", ["real", "phantom"])
-def test_seg_equals_the_nifti_label_map_voxel_for_voxel(tmp_path, source, layout):
+def test_seg_equals_the_nifti_label_map_voxel_for_voxel(tmp_path, source, layout, labelmap):
     orientation, descending, position = LAYOUTS[layout]
     image, labels = (sitk.DICOMOrient(i, orientation) for i in _case(source))
     series = tmp_path / "series"
@@ -85,12 +87,13 @@ def test_seg_equals_the_nifti_label_map_voxel_for_voxel(tmp_path, source, layout
     np.testing.assert_allclose(geometry.spacing + geometry.origin, expected.spacing + expected.origin, atol=1e-5)
     label_map = sitk.GetArrayFromImage(labels).astype(np.uint8)
     write_labels(tmp_path / "labels.nii.gz", label_map, geometry)
-    write_dicom_seg(tmp_path / "labels.seg.dcm", label_map, geometry, series)
+    write_dicom_seg(tmp_path / "labels.seg.dcm", label_map, geometry, series, labelmap=labelmap)
     nifti, nifti_geometry = read_image(tmp_path / "labels.nii.gz")
     assert np.array_equal(_read_back(tmp_path / "labels.seg.dcm", series, geometry), nifti.astype(np.uint8))
     seg = pydicom.dcmread(tmp_path / "labels.seg.dcm")
+    assert seg.SegmentationType == ("LABELMAP" if labelmap else "BINARY")
     present = sorted(int(v) for v in np.unique(label_map) if v)
-    assert [LABEL_OF[s.SegmentLabel] for s in seg.SegmentSequence] == present
+    assert [LABEL_OF[s.SegmentLabel] for s in seg.SegmentSequence if s.SegmentNumber] == present
     first = pydicom.dcmread(series_files(series)[0], stop_before_pixels=True)
     assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID and seg.StudyInstanceUID == first.StudyInstanceUID
     referenced = {i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
