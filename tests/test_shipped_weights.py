@@ -12,7 +12,7 @@ from inference.engine.runner import EngineOptions
 from inference.cascade.cascade_json import load_manifest
 from phantom import make_phantom
 from inference.app.pipeline import segment_canonical
-from inference.app.segmenters import build_segmenter
+from inference.app.segmenters import DEFAULT_WEIGHTS, build_segmenter
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "cascade.json").is_file(), reason="no shipped weights/cascade.json")
@@ -34,6 +34,10 @@ def test_manifest_checksums_and_provenance():
     assert [t.organ for t in manifest.tumor_stages] == [1, 4, 2, 13]
     sizes = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
     assert sizes < 16 * 2**20  # "a few MB": small enough to live in git
+
+
+def test_the_default_model_is_the_shipped_weights_folder():
+    assert DEFAULT_WEIGHTS == WEIGHTS  # what `python -m inference` and --demo run without --model
 
 
 def test_shipped_cascade_segments_a_held_out_phantom():

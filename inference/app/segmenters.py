@@ -14,7 +14,7 @@ from inference.core.geometry import Geometry
 from inference.cascade.cascade_json import is_manifest_folder, load_manifest
 from inference.engine.model import ModelError, load_model
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"  # beside inference/, in the repository and the image
 
 
 class SingleModelSegmenter:
