@@ -113,7 +113,7 @@ def organ_paths(segmenter, case, options, probe) -> dict:
     from inference.engine.logits_to_labels import export_labels
     from inference.app.pipeline import read_case
     from inference.engine.preprocessing import sanitize_hu
-    volume, geometry, _ = read_case(case)
+    volume, geometry, _, _ = read_case(case)
     runner: ModelRunner = segmenter.organ_stage.func.__self__  # the partial's bound ModelRunner.segment
     config = runner.config
     result = {}

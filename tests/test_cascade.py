@@ -468,12 +468,14 @@ def test_a_tumor_model_that_fails_to_load_in_the_background_fails_its_cases(tmp_
 
     from inference.engine.model import ModelError
     from tests.factories import make_model_folder
-    organ = make_model_folder(tmp_path / "organ", bias_class=1)  # liver everywhere
+    organ = make_model_folder(tmp_path / "organ", bias_class=1)
     tumor = make_model_folder(tmp_path / "tumor_liver", labels={"background": 0, "tumor": 1})
     shutil.copy(organ / "fold_all" / "checkpoint_final.pth", tumor / "fold_all" / "checkpoint_final.pth")
     manifest = Manifest(tmp_path, organ, (TumorStage(LIVER, tumor),), {"aorta_min_mm3": 1.0})
-    seg = CascadeSegmenter(manifest, EngineOptions())
     volume = np.random.default_rng(0).normal(40, 100, (16, 40, 36)).astype(np.float32)
+    organs = np.zeros(volume.shape, np.uint8)
+    organs[4:12, 10:30, 8:28] = LIVER  # a credible liver (one everywhere is skipped as implausible)
+    seg = CascadeSegmenter(manifest, EngineOptions(), organ_stage=OrganOracle(organs))
     for _ in range(2):
         with pytest.raises(ModelError, match="tumor_liver: weights do not match"):
             seg.segment(volume, Geometry(volume.shape, (2.5, 1.6, 1.6)), {})

@@ -102,7 +102,7 @@ def test_incomplete_series_fails_alone_and_leaves_no_file(tmp_path, model, phant
     out = tmp_path / "out"
     assert run("-i", inputs, "-o", out, "--model", model, "--output-format", "nifti,dicom-seg") == EXIT_SOME_FAILED
     cases = {c["case_id"]: c for c in json.loads((out / "run_report.json").read_text())["cases"]}
-    assert "incomplete DICOM series" in cases["GAP"]["error"] and cases["GOOD"]["status"] == "ok"
+    assert "missing slice" in cases["GAP"]["error"] and cases["GOOD"]["status"] == "ok"
     assert sorted(p.name for p in out.iterdir()) == ["GOOD.nii.gz", "GOOD.seg.dcm", "run_report.json"]
 
 

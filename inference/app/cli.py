@@ -35,6 +35,14 @@ def _output_formats(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _budget_seconds(text: str) -> float:
+    from inference.cascade.case_budget import positive_seconds
+    try:
+        return positive_seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, QA_MODES, RESAMPLINGS
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
@@ -82,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true",
                         help="test-time mirroring over the model's allowed axes, logits averaged (nnU-Net's "
                              "default; off here as in FLARE entries: 2^axes network passes)")
+    parser.add_argument("--assume-ct", action="store_true",
+                        help="segment scans whose values or header say they are not CT (default: refuse them)")
+    parser.add_argument("--series", metavar="UID", default=None,
+                        help="the DICOM series to read from a DICOM folder (default: the CT volume, chosen by rules)")
+    parser.add_argument("--each-series", action="store_true",
+                        help="one case per CT volume series of each DICOM folder, named <folder>_s<SeriesNumber>")
+    parser.add_argument("--case-time-budget", type=_budget_seconds, metavar="SECONDS", default=None,
+                        help="seconds per case: tumor stages that would end past it are skipped, the case is still "
+                             "written (default: $FLARE_CASE_TIME_BUDGET, else unbounded)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -142,6 +159,17 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print("error: -i/--input and -o/--output are required (or --demo DIR)", file=sys.stderr)
         return EXIT_USAGE
+    if args.series is not None and args.each_series:
+        parser.print_usage(sys.stderr)
+        print("error: --series and --each-series exclude each other", file=sys.stderr)
+        return EXIT_USAGE
+    if args.case_time_budget is None:
+        from inference.cascade.case_budget import BUDGET_ENVIRONMENT_VARIABLE, budget_from_environment
+        try:
+            args.case_time_budget = budget_from_environment()
+        except ValueError as error:
+            print(f"error: {BUDGET_ENVIRONMENT_VARIABLE}: {error}", file=sys.stderr)
+            return EXIT_USAGE
     return run(args)
 
 
@@ -178,7 +206,7 @@ def run(args) -> int:
     # GIL while it decodes, and a fresh process spends seconds in `import torch` (4.8 s on the H100
     # machine, BENCHMARKS.md "GPU check").
     with ThreadPoolExecutor(1) as prefetch:
-        first_read = prefetch.submit(read_case, cases[0])
+        first_read = prefetch.submit(read_case, cases[0], args.assume_ct)
         import torch
 
         from inference.engine.runner import DeviceError, EngineOptions, default_precision, resolve_device
@@ -197,7 +225,7 @@ def run(args) -> int:
                                     precision=args.precision or default_precision(device), export=args.export,
                                     resampling=args.resampling, tta=args.tta)
             setup_started = time.perf_counter()
-            segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options)
+            segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options, args.case_time_budget)
             startup["model_setup_s"] = time.perf_counter() - setup_started
         except (ModelError, ManifestError, DeviceError, PermissionError) as error:
             log.error("fatal: %s", error)
@@ -222,8 +250,9 @@ def _plan_batch(args):
     from inference.batch.plan import plan_part
     from inference.batch.shards import ShardError
     from inference.io.images import discover_cases
+    from inference.io.dicom_series import series_cases
     try:
-        cases = discover_cases(args.input)
+        cases = series_cases(discover_cases(args.input), args.series, args.each_series)
     except FileNotFoundError as error:
         log.error("%s", error)
         return EXIT_USAGE
@@ -249,7 +278,7 @@ def _segment_cases(args, cases, segmenter, first_read):
     progress = _progress_bar(len(cases), disable=args.no_progress)
     reports = run_cases(cases, args.output, segmenter, on_case_done=on_case_done, progress=progress,
                         first_read=first_read, canonical_orientation=not args.keep_orientation,
-                        write_outputs=output_writer(args.output_format))
+                        write_outputs=output_writer(args.output_format), assume_ct=args.assume_ct)
     if progress is not None:
         progress.close()
     apply_qa_mode(reports, args.qa)
@@ -306,7 +335,8 @@ def _write_report(args, options, reports, seconds: float, startup: dict, plan) -
             "device": str(options.device), "step_size": options.step_size, "precision": options.precision,
             "export": options.export, "resampling": options.resampling, "tta": options.tta,
             "canonical_orientation": not args.keep_orientation, "qa": args.qa,
-            "output_format": list(args.output_format)},
+            "output_format": list(args.output_format), "assume_ct": args.assume_ct, "series": args.series,
+            "each_series": args.each_series, "case_time_budget_s": args.case_time_budget},
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
                     "failed": sum(r.status != "ok" for r in reports), "skipped": len(plan.skipped),
                     "quality_flagged": sum(bool(r.quality and r.quality["flagged"]) for r in reports),

@@ -17,7 +17,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from inference.core.geometry import Geometry
-from inference.io.images import Case, InputError, read_ct, write_labels
+from inference.io.ct_input import read_ct_scan
+from inference.io.images import Case, InputError, write_labels
 from inference.io.orientation import canonicalize, closest_axis_map
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class CaseReport:
     quality: dict | None = None  # inference.app.quality flags, unless --qa off
     outputs: dict | None = None  # format -> file written (nifti, dicom-seg)
     output_note: str | None = None  # why an asked-for format was not written
+    input_info: dict | None = None  # what reading decided: CT or not (ct_check), the DICOM series chosen
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,10 +74,11 @@ def peak_gpu_mb() -> float | None:
     return torch.cuda.max_memory_reserved() / 2**20
 
 
-def read_case(case: Case):
+def read_case(case: Case, assume_ct: bool = False):
+    """(HU volume, Geometry, read seconds, input info) of one case; InputError for unusable input."""
     start = time.perf_counter()
-    volume, geometry = read_ct(case.path)
-    return volume, geometry, time.perf_counter() - start
+    volume, geometry, info = read_ct_scan(case.path, assume_ct=assume_ct, series_uid=case.series_uid)
+    return volume, geometry, time.perf_counter() - start, info
 
 
 def segment_canonical(segmenter: Segmenter, volume: np.ndarray, geometry: Geometry,
@@ -94,7 +97,7 @@ def _describe(error: BaseException) -> str:
 def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
               on_case_done: Callable[[CaseReport, np.ndarray | None, np.ndarray | None, Geometry | None], None] | None = None,
               progress=None, first_read: Future | None = None,
-              canonical_orientation: bool = True,
+              canonical_orientation: bool = True, assume_ct: bool = False,
               write_outputs: Callable[[Case, Path, np.ndarray, Geometry, CaseReport], None] | None = None,
               ) -> list[CaseReport]:
     """Segment every case into output_dir/<ID>.nii.gz; returns one report per case, in order.
@@ -106,23 +109,25 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
     reports, previews); its failures fail that case only. `first_read` is the first case's read,
     already started by the caller (so that it overlaps model loading). `write_outputs(case,
     output_dir, labels, geometry, report)` writes a case's files (default: the NIfTI label map;
-    inference.app.outputs for DICOM SEG) and sets report.output.
+    inference.app.outputs for DICOM SEG) and sets report.output. `assume_ct` segments scans that
+    `inference.io.ct_check` finds not to be CT.
     """
     output_dir = Path(output_dir)
     reports: list[CaseReport] = []
     with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
-        pending_read = first_read or (reader.submit(read_case, cases[0]) if cases else None)
+        pending_read = first_read or (reader.submit(read_case, cases[0], assume_ct) if cases else None)
         pending_write: tuple[Future, CaseReport] | None = None
         for index, case in enumerate(cases):
             current = pending_read
-            pending_read = reader.submit(read_case, cases[index + 1]) if index + 1 < len(cases) else None
+            pending_read = reader.submit(read_case, cases[index + 1], assume_ct) if index + 1 < len(cases) else None
             report = CaseReport(case.case_id, str(case.path), None, "failed")
             started = time.perf_counter()
             try:
-                volume, geometry, read_seconds = current.result()
+                volume, geometry, read_seconds, report.input_info = current.result()
                 report.seconds["read"] = read_seconds
                 labels = _segment_case(segmenter, volume, geometry, report, canonical_orientation)
+                _warn_skipped_stages(case, report.details)
                 if on_case_done is not None:
                     on_case_done(report, volume, labels, geometry)
                 del volume
@@ -147,6 +152,14 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
         if pending_write is not None:
             _finish_write(*pending_write)
     return reports
+
+
+def _warn_skipped_stages(case: Case, details: dict | None) -> None:
+    """One warning line per case that the time budget or an implausible organ cut short."""
+    skipped = ((details or {}).get("time_budget") or {}).get("skipped")
+    if skipped:
+        log.warning("%s: written without the tumor stage(s) %s", case.case_id,
+                    "; ".join(f"{name} ({why})" for name, why in skipped.items()))
 
 
 def _segment_case(segmenter: Segmenter, volume: np.ndarray, geometry: Geometry, report: CaseReport,

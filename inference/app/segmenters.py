@@ -25,12 +25,15 @@ class SingleModelSegmenter:
         return self.runner.segment(volume, geometry.spacing, timings, clamp_hu=True)
 
 
-def build_segmenter(model_path, options: EngineOptions):
-    """Verify and load everything before any case is touched (errors here are fatal, exit 3)."""
+def build_segmenter(model_path, options: EngineOptions, case_time_budget_s: float | None = None):
+    """Verify and load everything before any case is touched (errors here are fatal, exit 3).
+
+    `case_time_budget_s` bounds a cascade's tumor stages per case; a single model has one stage,
+    which always runs."""
     model_path = Path(model_path)
     if is_manifest_folder(model_path):
         from inference.cascade.segmenter import CascadeSegmenter  # the cascade pulls in cc3d; only load it when used
-        return CascadeSegmenter(load_manifest(model_path), options)
+        return CascadeSegmenter(load_manifest(model_path), options, case_time_budget_s=case_time_budget_s)
     if (model_path / "plans.json").is_file():
         return SingleModelSegmenter(ModelRunner(load_model(model_path, device=options.device), options))
     raise ModelError(f"{model_path}: neither a cascade folder ({model_path}/cascade.json) nor an nnU-Net "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,11 +26,13 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from inference.cascade.case_budget import CaseBudget, Clock, StageCostModel
 from inference.cascade.parameters import CascadeParameters
 from inference.engine.runner import EngineOptions, ModelRunner, Timer
 from inference.core.geometry import Geometry
 from inference.cascade.cascade_json import Manifest, ManifestError, TumorStage
 from inference.engine.model import load_model, read_label_values
+from inference.cascade.organ_plausibility import implausible_organ
 from inference.cascade.postprocessing import postprocess_organs
 from inference.engine.preprocessing import sanitize_hu
 from inference.app.volumes import LABEL_NAMES
@@ -244,11 +247,16 @@ class CascadeSegmenter:
     Every stage sees HU clamped by `sanitize_hu`. The scan itself is never copied whole for that:
     the organ model clamps slab by slab in its preprocessing, tumor stages get clamped copies of
     their crops, and only an injected organ stage is handed a clamped copy of the whole scan.
+
+    `case_time_budget_s` bounds each case (`inference.cascade.case_budget`): the organ stage always runs,
+    a tumor stage only when it is expected to end within the budget; `clock` measures it.
     """
 
     def __init__(self, manifest: Manifest, options: EngineOptions | None = None, *,
-                 organ_stage: StageFn | None = None, tumor_stage_fns: dict[int, StageFn] | None = None):
+                 organ_stage: StageFn | None = None, tumor_stage_fns: dict[int, StageFn] | None = None,
+                 case_time_budget_s: float | None = None, clock: Clock = time.monotonic):
         self.options = options or EngineOptions()
+        self.case_time_budget_s, self.clock, self.stage_costs = case_time_budget_s, clock, StageCostModel()
         try:
             self.params = CascadeParameters.from_manifest(manifest.parameters)
         except (TypeError, ValueError) as error:
@@ -293,6 +301,7 @@ class CascadeSegmenter:
         if tuple(volume.shape) != geometry.shape:
             raise ValueError(f"volume shape {volume.shape} does not match its geometry {geometry.shape}")
         timer, stage_seconds = Timer(timings), {}
+        budget = CaseBudget(self.case_time_budget_s, self.clock)
         info = {"aorta_found": False, "aorta_median_hu": None, "contrast_enhanced": False, "z_crop": None,
                 "tumor_stages_run": [], "tumor_stages_skipped": {}, "tumor_components": {},
                 "stage_seconds": stage_seconds}
@@ -302,13 +311,15 @@ class CascadeSegmenter:
             organs = _as_organ_labels(self._run(self.organ_stage, organ_input, geometry,
                                                 stage_seconds.setdefault("organ", {}), "organ stage"))
             del organ_input
+            self.stage_costs.record_organ(budget.elapsed, volume.size)
         with timer("postprocess"):
             organs = postprocess_organs(organs, self.params.organ_postprocessing)
         with timer("aorta_crop"):
             organs = self._aorta_step(volume, organs, geometry, info)
         tumor = np.zeros(geometry.shape, dtype=bool)
         for stage in self.tumor_stages:
-            self._tumor_step(stage, volume, organs, geometry, tumor, info, timer)
+            self._tumor_step(stage, volume, organs, geometry, tumor, info, timer, budget)
+        info["time_budget"] = budget.as_dict()
         with timer("merge"):
             return merge_tumor(organs, tumor)
 
@@ -331,7 +342,8 @@ class CascadeSegmenter:
                  crop.stop, median, "contrast-enhanced" if info["contrast_enhanced"] else "not contrast-enhanced")
         return apply_slab_crop(organs, crop)
 
-    def _tumor_step(self, stage: TumorStage, volume, organs, geometry, tumor, info, timer: Timer) -> None:
+    def _tumor_step(self, stage: TumorStage, volume, organs, geometry, tumor, info, timer: Timer,
+                    budget: CaseBudget) -> None:
         name = LABEL_NAMES[stage.organ]
         if stage.needs_contrast and not info["contrast_enhanced"]:
             info["tumor_stages_skipped"][name] = "not contrast-enhanced"
@@ -342,9 +354,17 @@ class CascadeSegmenter:
             if box is None:
                 info["tumor_stages_skipped"][name] = "organ absent"
                 return
+            crop_voxels = math.prod(s.stop - s.start for s in box)
+            refusal = budget.refusal(self.stage_costs.tumor_seconds(crop_voxels)) or implausible_organ(organ)
+            if refusal:
+                info["tumor_stages_skipped"][name] = budget.skipped[name] = refusal
+                log.warning("tumor stage for %s skipped: %s", name, refusal)
+                return
+            started = budget.elapsed
             crop = sanitize_hu(volume[box])
             output = self._run(self._tumor_fn(stage.organ), crop, geometry,
                                info["stage_seconds"].setdefault(name, {}), f"tumor stage for {name}")
+            self.stage_costs.record_tumor(budget.elapsed - started, crop_voxels)
             found = _tumor_mask(output, name)
             result = filter_tumor(found, organ[box], geometry, self.params)
             tumor[box] |= result.kept

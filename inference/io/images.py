@@ -7,7 +7,6 @@ temporary file in the destination folder, then `os.replace`, so a reader never s
 from __future__ import annotations
 
 import gzip
-import logging
 import math
 import os
 import struct
@@ -20,7 +19,6 @@ import SimpleITK as sitk
 
 from inference.core.geometry import Geometry, GeometryError
 
-log = logging.getLogger(__name__)
 
 # ITK prints reader warnings straight to stderr; our errors already name the file and the cause.
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
@@ -28,8 +26,6 @@ sitk.ProcessObject_SetGlobalWarningDisplay(False)
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 CHANNEL_SUFFIX = "_0000"  # FLARE / nnU-Net naming: <ID>_0000.nii.gz is channel 0 of case <ID>
 PARTIAL_MARKER = ".partial-"  # temporary outputs: .<name>.partial-<pid>.nii.gz
-# CT stored without its rescale intercept (uint16 0..4095 with air near 24): HU = stored - 1024.
-UNSHIFTED_CT_OFFSET = -1024.0
 
 
 class InputError(Exception):
@@ -44,7 +40,8 @@ class InputError(Exception):
 @dataclass(frozen=True)
 class Case:
     case_id: str
-    path: Path  # a file, or a folder holding one DICOM series
+    path: Path  # a file, or a folder holding DICOM series
+    series_uid: str | None = None  # the DICOM series to read (None: chosen by inference.io.dicom_series)
 
     def output_path(self, output_dir: Path) -> Path:
         return Path(output_dir) / f"{self.case_id}.nii.gz"
@@ -93,7 +90,11 @@ def read_image(path) -> tuple[np.ndarray, Geometry]:
     Raises InputError for anything that is not a finite 3D scalar image with a valid geometry.
     """
     path = Path(path)
-    image = _read_sitk(path)
+    return image_array(path, read_sitk(path))
+
+
+def image_array(path: Path, image: sitk.Image) -> tuple[np.ndarray, Geometry]:
+    """`image` (read from `path`) as a float32 (z, y, x) array and its Geometry, validated."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"vector pixel type with {image.GetNumberOfComponentsPerPixel()} components, "
                                "expected a scalar CT")
@@ -114,21 +115,11 @@ def read_image(path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
-def read_ct(path) -> tuple[np.ndarray, Geometry]:
-    """`read_image` for a CT scan: values in HU, including CT stored without its rescale.
-
-    Rule: a CT in HU always holds air (about -1000 HU outside the body, in the lungs and bowel)
-    or at least fat (about -100 HU), so a scan with no voxel below 0 cannot be in HU. It is taken
-    as stored without the rescale intercept (the common uint16 0..4095 export) and shifted by
-    -1024 HU, with a warning naming the file. Scanner padding (-32768, -3024) is negative, so it
-    never triggers the shift; it is clamped later by `preprocessing.sanitize_hu`.
-    """
-    array, geometry = read_image(path)
-    if array.size and float(array.min()) >= 0:
-        log.warning("%s: no voxel below 0 (range %g..%g), so the values are not HU (air is -1000): taken as CT "
-                    "stored without its rescale intercept and shifted by %g", path, float(array.min()),
-                    float(array.max()), UNSHIFTED_CT_OFFSET)
-        array += np.float32(UNSHIFTED_CT_OFFSET)
+def read_ct(path, assume_ct: bool = False, series_uid: str | None = None) -> tuple[np.ndarray, Geometry]:
+    """`read_image` for a CT scan: values in HU, CT stored without its rescale intercept shifted,
+    anything that is not CT refused (InputError); see `inference.io.ct_input`."""
+    from inference.io.ct_input import read_ct_scan
+    array, geometry, _ = read_ct_scan(path, assume_ct=assume_ct, series_uid=series_uid)
     return array, geometry
 
 
@@ -206,22 +197,12 @@ def _gzip_content_size(path: Path, chunk: int = 2**24) -> int | None:
     return total
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def read_sitk(path: Path) -> sitk.Image:
     if not path.exists():
         raise InputError(path, "file does not exist")
     try:
         if path.is_dir():
-            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(path, "folder holds no DICOM series")
-            if len(series) > 1:
-                log.warning("%s: %d DICOM series, reading the first (%s)", path, len(series), series[0])
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-            reader.MetaDataDictionaryArrayUpdateOn()  # per-instance positions, for the spacing check
-            image = reader.Execute()
-            _check_series_spacing(path, reader, image)
-            return image
+            return read_dicom_folder(path)[0]
         if image_suffix(path.name) is None:
             raise InputError(path, f"unknown extension; expected one of {', '.join(IMAGE_SUFFIXES)} "
                                    "or a DICOM folder")
@@ -229,21 +210,26 @@ def _read_sitk(path: Path) -> sitk.Image:
             raise InputError(path, "empty file")
         return sitk.ReadImage(str(path))
     except RuntimeError as error:  # SimpleITK reports every reader failure as RuntimeError
-        detail = str(error).strip().splitlines()
-        reason = next((line.strip() for line in detail if "rror" in line or "nable" in line), detail[-1] if detail else "")
-        raise InputError(path, f"not a readable image ({reason[:200]})") from None
+        raise InputError(path, f"not a readable image ({_first_error_line(error)})") from None
 
 
-def _check_series_spacing(path: Path, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
-    from inference.io.series_spacing import uneven_slices
+def _first_error_line(error: RuntimeError) -> str:
+    detail = str(error).strip().splitlines()
+    return next((line.strip() for line in detail if "rror" in line or "nable" in line), detail[-1] if detail else "")[:200]
+
+
+def read_dicom_folder(path: Path, series_uid: str | None = None):
+    """(image, SeriesInfo, choice report) of the CT volume series in a DICOM folder
+    (`inference.io.dicom_series` picks it, or `series_uid`); errors as InputError."""
+    from inference.io.dicom_series import SeriesError, read_series
+    if not sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+        raise InputError(path, "folder holds no DICOM series")
     try:
-        positions = [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
-                     for i in range(len(reader.GetFileNames()))]
-    except (RuntimeError, ValueError):
-        raise InputError(path, "an instance has no readable Image Position (Patient)") from None
-    problem = uneven_slices(positions, np.asarray(image.GetDirection()).reshape(3, 3)[:, 2])
-    if problem:
-        raise InputError(path, f"incomplete DICOM series: {problem}")
+        return read_series(path, series_uid)
+    except SeriesError as error:
+        raise InputError(path, str(error)) from None
+    except RuntimeError as error:  # SimpleITK reports every reader failure as RuntimeError
+        raise InputError(path, f"not a readable DICOM series ({_first_error_line(error)})") from None
 
 
 def geometry_of(image: sitk.Image) -> Geometry:
