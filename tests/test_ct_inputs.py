@@ -110,6 +110,7 @@ def test_dicom_modality_decides_before_the_values(real):
     assert classify_ct(hu, {"modality": "OT"}).kind == "hu"  # "other": the values decide
     tiny = np.full((4, 4, 4), 40.0, np.float32)  # too little to judge, but the header says CT
     assert classify_ct(tiny, {"modality": "CT"}).offset == -1024.0
+    assert classify_ct(tiny, {"modality": "CT", "rescale_intercept": -1024.0}).offset == 0.0  # the header made it HU
     with pytest.raises(NotCTError, match="spread over 0 units"):
         classify_ct(tiny)
 

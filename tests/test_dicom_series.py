@@ -73,7 +73,7 @@ def test_the_reasons_for_passing_over_a_series(tmp_path):
     localizer_and_two_reconstructions(tmp_path)
     _, report = choose_series(list_series(tmp_path))
     reasons = {s["number"]: s["passed_over"] for s in report["series"]}
-    assert reasons[1] == "not a volume (not a LOCALIZER, at least 2 slices)"
+    assert reasons[1] == "not a volume (not a LOCALIZER, at least 2 slices or frames)"
     assert reasons[3] == f"fewer slices than {uid(2)}"
 
 

@@ -16,24 +16,15 @@ import math
 
 import numpy as np
 
+from inference.cascade.postprocessing import foreground_box
+
 MAX_BOX_SHARE_OF_SCAN = 0.5
 MIN_BOX_FILL = 0.005
 
 
-def organ_box(organ: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of a bool mask; None when empty."""
-    box = []
-    for axis in range(organ.ndim):
-        present = np.flatnonzero(organ.any(axis=tuple(a for a in range(organ.ndim) if a != axis)))
-        if present.size == 0:
-            return None
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
-
-
 def implausible_organ(organ: np.ndarray) -> str | None:
     """Why the organ `organ` (bool mask of the scan) is not credible; None if it is (or absent)."""
-    box = organ_box(organ)
+    box = foreground_box(organ)
     if box is None:
         return None
     box_voxels = math.prod(s.stop - s.start for s in box)

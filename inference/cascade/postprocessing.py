@@ -138,7 +138,7 @@ def apply_rules(labels, rules: Mapping[int, ComponentRule]) -> np.ndarray:
     labels = _as_labels(labels)
     result = labels.copy(order="K")
     active = {int(k): v for k, v in rules.items() if v != ComponentRule()}
-    box = _foreground_box(labels) if labels.size and active else None
+    box = foreground_box(labels) if labels.size and active else None
     if box is None:
         return result
     labels, cropped = labels[box].copy(order="K"), result[box]  # a contiguous copy: cc3d reads buffers
@@ -163,7 +163,7 @@ def apply_rules(labels, rules: Mapping[int, ComponentRule]) -> np.ndarray:
     return result
 
 
-def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+def foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box holding every non-zero voxel; None when there is none."""
     nonzero = labels != 0 if labels.dtype != bool else labels
     box = []

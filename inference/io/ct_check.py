@@ -109,11 +109,11 @@ def classify_ct(values: np.ndarray, header: dict | None = None, assume_ct: bool 
 
     Header keys used (all optional): "modality" (DICOM 0008|0060), "rescale_intercept" (DICOM
     0028|1052, already applied by the reader), "pixel_type" (as stored, for the message).
-    Rules, in order: a DICOM Modality other than CT is not CT; values spread over less than 100
-    units are no CT; the values as stored, then shifted by -1024, are tried against `HUProfile`;
-    a DICOM Modality CT whose values fit neither is taken as stored when some voxel is below 0
-    (the header's rescale made them HU), else shifted. `assume_ct` turns a refusal into the old
-    rule (no voxel below 0: shifted) and says so.
+    Rules, in order: a DICOM Modality other than CT is not CT; a DICOM CT with a non-zero rescale
+    intercept is in HU (the reader applied it); values spread over less than 100 units are no CT;
+    the values as stored, then shifted by -1024, are tried against `HUProfile`; a DICOM CT whose
+    values fit neither is taken as stored when some voxel is below 0, else shifted. `assume_ct`
+    turns a refusal into the old rule (no voxel below 0: shifted) and says so.
     """
     header = header or {}
     sample = value_sample(values)
@@ -132,6 +132,8 @@ def classify_ct(values: np.ndarray, header: dict | None = None, assume_ct: bool 
 def _classify(sample: np.ndarray, low: float, modality: str, header: dict) -> CTVerdict:
     if modality and modality != "CT":
         raise NotCTError(f"DICOM Modality is {modality}, not CT")
+    if modality == "CT" and header.get("rescale_intercept"):
+        return CTVerdict("hu", 0.0, f"DICOM CT with rescale intercept {header['rescale_intercept']:g}: values in HU")
     seen = _describe_values(sample, header)
     if sample.size == 0:
         raise NotCTError("no voxels")

@@ -4,7 +4,7 @@ A study export holds a localizer, the CT volume, often a second reconstruction (
 slices, a coronal reformat) and sometimes dose reports. The CT volume is chosen by explicit rules,
 each applied in turn to the series still in the running (`choose_series`):
 
-1. a volume: ImageType without LOCALIZER and at least 2 slices (required);
+1. a volume: ImageType without LOCALIZER, at least 2 slices or frames (required);
 2. no other modality: CT, OT ("other", what converters write) or none stated (preferred);
 3. Modality CT (preferred);
 4. axial: slice normal within 30 degrees of the patient's head-feet axis (preferred);
@@ -37,6 +37,7 @@ MODALITY, IMAGE_TYPE, SERIES_UID = "0008|0060", "0008|0008", "0020|000e"
 SERIES_NUMBER, DESCRIPTION = "0020|0011", "0008|103e"
 POSITION, ORIENTATION = "0020|0032", "0020|0037"
 RESCALE_INTERCEPT, RESCALE_SLOPE = "0028|1052", "0028|1053"
+NUMBER_OF_FRAMES = "0028|0008"  # an enhanced (multi-frame) CT holds its whole volume in one file
 UNSTATED_MODALITIES = ("", "OT")  # the values then decide (inference.io.ct_check)
 AXIAL_MAX_DEGREES = 30.0
 TILT_MAX_DEGREES = 0.5  # in-plane drift per step over the step, as an angle
@@ -59,6 +60,11 @@ class SeriesInfo:
     orientation: tuple[float, ...] | None  # row and column direction cosines
     positions: tuple[tuple[float, float, float], ...]  # per file, same order as files
     rescale_intercept: float | None
+    frames: int = 1  # frames in the first file
+
+    @property
+    def is_volume(self) -> bool:
+        return not self.is_localizer and (len(self.files) >= 2 or self.frames >= 2)
 
     @property
     def normal(self) -> np.ndarray | None:
@@ -79,7 +85,7 @@ class SeriesInfo:
     def summary(self) -> dict:
         return {"uid": self.uid, "number": self.number, "description": self.description,
                 "modality": self.modality, "image_type": self.image_type, "slices": len(self.files),
-                "axial": self.is_axial}
+                "frames": self.frames, "axial": self.is_axial}
 
 
 def _tag(reader: sitk.ImageFileReader, tag: str) -> str:
@@ -102,7 +108,7 @@ def read_series_info(folder: Path, uid: str) -> SeriesInfo:
         reader.ReadImageInformation()
         if not first:
             first = {tag: _tag(reader, tag) for tag in (MODALITY, IMAGE_TYPE, DESCRIPTION, SERIES_NUMBER,
-                                                         RESCALE_INTERCEPT, ORIENTATION)}
+                                                         RESCALE_INTERCEPT, ORIENTATION, NUMBER_OF_FRAMES)}
         slices.append((name, _floats(_tag(reader, POSITION)), _floats(_tag(reader, ORIENTATION))))
     orientation = _floats(first.get(ORIENTATION, ""))
     orientation = orientation if len(orientation) == 6 else None
@@ -112,12 +118,13 @@ def read_series_info(folder: Path, uid: str) -> SeriesInfo:
         normal = np.cross(orientation[:3], orientation[3:])
         slices.sort(key=lambda s: float(np.dot(s[1], normal)))
     number, intercept = _floats(first.get(SERIES_NUMBER, "")), _floats(first.get(RESCALE_INTERCEPT, ""))
+    frames = _floats(first.get(NUMBER_OF_FRAMES, ""))
     return SeriesInfo(
         uid=uid, files=tuple(s[0] for s in slices), modality=first.get(MODALITY, "").upper(),
         image_type=first.get(IMAGE_TYPE, ""), description=first.get(DESCRIPTION, ""),
         number=int(number[0]) if number else None, orientation=orientation if consistent else None,
         positions=tuple(tuple(s[1]) for s in slices) if placed else (),
-        rescale_intercept=intercept[0] if intercept else None)
+        rescale_intercept=intercept[0] if intercept else None, frames=int(frames[0]) if frames else 1)
 
 
 def list_series(folder) -> list[SeriesInfo]:
@@ -126,7 +133,8 @@ def list_series(folder) -> list[SeriesInfo]:
 
 
 def stack_problems(series: SeriesInfo) -> list[str]:
-    """Why the slices cannot be read as a regular grid (empty: they can)."""
+    """Why the slices cannot be read as a regular grid (empty: they can). A single file (one
+    slice, or a multi-frame volume that GDCM places frame by frame) has nothing to check here."""
     if len(series.files) < 2:
         return []
     if series.orientation is None or len(series.positions) != len(series.files):
@@ -157,7 +165,7 @@ def stack_problems(series: SeriesInfo) -> list[str]:
 
 # rule name, test, required
 _RULES = (
-    ("a volume (not a LOCALIZER, at least 2 slices)", lambda s: not s.is_localizer and len(s.files) >= 2, True),
+    ("a volume (not a LOCALIZER, at least 2 slices or frames)", lambda s: s.is_volume, True),
     ("CT or of no stated modality", lambda s: s.modality == "CT" or s.modality in UNSTATED_MODALITIES, False),
     ("modality CT", lambda s: s.modality == "CT", False),
     ("axial", lambda s: s.is_axial, False),
