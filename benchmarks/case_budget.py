@@ -6,7 +6,7 @@
 Runs `python -m inference` once without a budget, once per budget and, with `--baseline-src`
 (a checkout of the code before the budget existed), once with that code: each a fresh process,
 as a user runs it. Writes summary.json: per run the case's seconds (read, write, total, and
-total minus read and write, the part the budget bounds), what the budget skipped, the labels
+segment_s: the cascade's steps, everything but reading and writing), what the budget skipped, the labels
 present, and whether the labels equal the unbounded run's (all labels, and organ labels where
 neither run has tumor).
 """
@@ -41,10 +41,10 @@ def run_inference(source: Path, input_path: Path, output: Path, extra: list[str]
     report = json.loads((output / "labels" / "run_report.json").read_text())
     (case,) = report["cases"]
     seconds = case["seconds"]
-    bounded = seconds["total"] - seconds.get("read", 0.0) - seconds.get("write", 0.0)
+    segment = sum(v for k, v in seconds.items() if k not in ("read", "write", "total"))
     return {"command": " ".join(command[1:]), "process_wall_s": round(wall, 1), "options": report["options"],
             "status": case["status"], "seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "case_minus_read_and_write_s": round(bounded, 2), "labels_present": case["labels_present"],
+            "segment_s": round(segment, 2), "labels_present": case["labels_present"],
             "time_budget": (case.get("details") or {}).get("time_budget"),
             "tumor_stages_run": (case.get("details") or {}).get("tumor_stages_run"),
             "tumor_stages_skipped": (case.get("details") or {}).get("tumor_stages_skipped"),
@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-src", type=Path, default=None, help="code before the budget, for labels unchanged")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="options for every run")
     args = parser.parse_args(argv)
+    args.input, args.out = args.input.resolve(), args.out.resolve()  # the runs start in other folders
     shutil.rmtree(args.out, ignore_errors=True)
     runs = {"unbounded": run_inference(REPO, args.input, args.out / "unbounded", args.extra)}
     for budget in args.budgets:

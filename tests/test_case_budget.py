@@ -23,6 +23,9 @@ from tests.test_cascade import (ALL_STAGES, LIVER, PANCREAS, TUMOR, TUMOR_HU, Or
                                 end_to_end_phantom, make_manifest)
 
 GEOMETRY = Geometry((24, 40, 40), (2.5, 0.8, 0.8))
+SCAN_VOXELS = math.prod(GEOMETRY.shape)
+# margins that keep the crops small: liver 16x19x19 voxels, pancreas 10x16x16, of a 24x40x40 scan
+PARAMETERS = {"aorta_min_mm3": 1.0, "tumor_margin_in_plane_mm": 2.0, "tumor_margin_cranio_caudal_mm": 5.0}
 
 
 class FakeClock:
@@ -48,7 +51,7 @@ def budgeted(budget, organ_seconds, tumor_seconds, organs=None):
     clock = FakeClock()
     organs = end_to_end_phantom()[0] if organs is None else organs
     tumors = {organ: TumorOracle() for organ, _ in ALL_STAGES}
-    seg = CascadeSegmenter(make_manifest({"aorta_min_mm3": 1.0}, ALL_STAGES), EngineOptions(),
+    seg = CascadeSegmenter(make_manifest(PARAMETERS, ALL_STAGES), EngineOptions(),
                            organ_stage=Timed(OrganOracle(organs), clock, organ_seconds),
                            tumor_stage_fns={o: Timed(t, clock, tumor_seconds) for o, t in tumors.items()},
                            case_time_budget_s=budget, clock=clock)
@@ -79,39 +82,49 @@ def test_a_budget_spent_in_the_organ_stage_skips_every_tumor_stage(caplog):
     assert sum("tumor stage for liver skipped: time budget spent" in r.getMessage() for r in caplog.records) == 1
 
 
+def crop_voxels(seg, organ: int) -> int:
+    organs = end_to_end_phantom()[0]
+    organs[18:20, 2:4, 2:4] = 0  # the liver fragment post-processing removes
+    box = organ_crop_box(organs == organ, GEOMETRY, seg.params)
+    return math.prod(s.stop - s.start for s in box)
+
+
 def test_a_tumor_stage_that_would_end_past_the_budget_is_not_started():
     """Organ 10 s; the first tumor stage is expected to cost FIRST_TUMOR_COST_FACTOR x the organ
-    stage's seconds per voxel; it runs (30 s), and its measured rate says the next would end past 60 s."""
-    seg, tumors, _ = budgeted(60, 10, 30)
+    stage's seconds per voxel; it runs (30 s), and its measured rate says the next would end past 50 s."""
+    seg, tumors, _ = budgeted(50, 10, 30)
     _, info = run(seg)
     assert info["tumor_stages_run"] == ["liver"] and len(tumors[LIVER].calls) == 1 and not tumors[PANCREAS].calls
-    box = organ_crop_box(end_to_end_phantom()[0] == PANCREAS, GEOMETRY, seg.params)
-    liver_crop, pancreas_crop = tumors[LIVER].calls[0][0].size, math.prod(s.stop - s.start for s in box)
-    assert 10 + 10 / (24 * 40 * 40) * FIRST_TUMOR_COST_FACTOR * liver_crop <= 60
-    expected = 30 / liver_crop * pancreas_crop
+    liver, pancreas = crop_voxels(seg, LIVER), crop_voxels(seg, PANCREAS)
+    assert tumors[LIVER].calls[0][0].size == liver
+    assert 10 + 10 / SCAN_VOXELS * FIRST_TUMOR_COST_FACTOR * liver <= 50
+    expected = 30 / liver * pancreas
     reason = info["time_budget"]["skipped"]["pancreas"]
-    assert reason == f"time budget: expected to end at {40 + expected:.1f} s (now 40.0 s + about {expected:.1f} s) of 60 s"
+    assert reason == f"time budget: expected to end at {40 + expected:.1f} s (now 40.0 s + about {expected:.1f} s) of 50 s"
     assert info["time_budget"]["elapsed"] == 40.0
 
 
 def test_stage_costs_carry_over_from_case_to_case():
-    seg, tumors, _ = budgeted(39, 10, 30)
-    _, info = run(seg)  # liver runs (expected from the organ rate: 6.5 s), then the budget is spent
-    assert info["tumor_stages_run"] == ["liver"]
-    assert seg.stage_costs.tumor_rate == pytest.approx(30 / tumors[LIVER].calls[0][0].size)
-    _, info = run(seg)  # now the measured tumor rate refuses the liver stage: 10 + 30 > 39; the smaller
-    # pancreas crop still fits, and a later stage that fits is run rather than the time left idle
-    assert info["tumor_stages_run"] == ["pancreas"] and set(info["time_budget"]["skipped"]) == {"liver"}
+    seg, tumors, _ = budgeted(25, 10, 30)
+    liver, pancreas = crop_voxels(seg, LIVER), crop_voxels(seg, PANCREAS)
+    first_guess = 10 / SCAN_VOXELS * FIRST_TUMOR_COST_FACTOR * liver
+    _, info = run(seg)  # the first guess refuses the liver stage; the smaller pancreas crop fits and runs
+    assert 10 + first_guess > 25 and info["tumor_stages_run"] == ["pancreas"]
+    assert info["time_budget"]["skipped"]["liver"].startswith(f"time budget: expected to end at {10 + first_guess:.1f} s")
+    assert seg.stage_costs.tumor_rates == {"pancreas": pytest.approx(30 / pancreas)}
+    _, info = run(seg)  # now the liver is estimated at the pancreas stage's measured rate
+    assert info["time_budget"]["skipped"]["liver"].startswith(f"time budget: expected to end at {10 + 30 / pancreas * liver:.1f} s")
 
 
 def test_cost_model_and_budget_arithmetic():
     costs = StageCostModel()
-    assert costs.tumor_seconds(1000) == 0.0
+    assert costs.tumor_seconds("liver", 1000) == 0.0
     costs.record_organ(10.0, 1000)
-    assert costs.tumor_seconds(500) == pytest.approx(10.0 * FIRST_TUMOR_COST_FACTOR / 2)
-    costs.record_tumor(4.0, 100)
-    costs.record_tumor(1.0, 100)  # the slower rate is kept
-    assert costs.tumor_seconds(50) == pytest.approx(2.0)
+    assert costs.tumor_seconds("liver", 500) == pytest.approx(10.0 * FIRST_TUMOR_COST_FACTOR / 2)
+    costs.record_tumor("liver", 4.0, 100)
+    costs.record_tumor("pancreas", 1.0, 100)
+    assert costs.tumor_seconds("pancreas", 50) == pytest.approx(0.5)  # its own rate
+    assert costs.tumor_seconds("left_kidney", 50) == pytest.approx(2.0)  # the slowest measured stage's
     clock = FakeClock()
     budget = CaseBudget(None, clock)
     clock.now += 1e6

@@ -355,7 +355,7 @@ class CascadeSegmenter:
                 info["tumor_stages_skipped"][name] = "organ absent"
                 return
             crop_voxels = math.prod(s.stop - s.start for s in box)
-            refusal = budget.refusal(self.stage_costs.tumor_seconds(crop_voxels)) or implausible_organ(organ)
+            refusal = budget.refusal(self.stage_costs.tumor_seconds(name, crop_voxels)) or implausible_organ(organ)
             if refusal:
                 info["tumor_stages_skipped"][name] = budget.skipped[name] = refusal
                 log.warning("tumor stage for %s skipped: %s", name, refusal)
@@ -364,7 +364,7 @@ class CascadeSegmenter:
             crop = sanitize_hu(volume[box])
             output = self._run(self._tumor_fn(stage.organ), crop, geometry,
                                info["stage_seconds"].setdefault(name, {}), f"tumor stage for {name}")
-            self.stage_costs.record_tumor(budget.elapsed - started, crop_voxels)
+            self.stage_costs.record_tumor(name, budget.elapsed - started, crop_voxels)
             found = _tumor_mask(output, name)
             result = filter_tumor(found, organ[box], geometry, self.params)
             tumor[box] |= result.kept
