@@ -113,6 +113,10 @@ def test_dicom_modality_decides_before_the_values(real):
     assert classify_ct(tiny, {"modality": "CT", "rescale_intercept": -1024.0}).offset == 0.0  # the header made it HU
     with pytest.raises(NotCTError, match="spread over 0 units"):
         classify_ct(tiny)
+    air = np.full((4, 4, 4), -1000.0, np.float32)  # HU's own value for air: CT with nothing to segment
+    assert (classify_ct(air).kind, classify_ct(air).offset) == ("hu", 0.0)
+    with pytest.raises(NotCTError, match="spread over 0 units"):  # stored air (24) is no evidence of CT
+        classify_ct(air + 1024)
 
 
 @pytest.mark.parametrize("name", CT_VARIANTS)

@@ -179,6 +179,7 @@ GOOD = {  # case id -> writer; each must be segmented and written with its input
     "oblique": lambda d: write(d / "oblique_0000.nrrd", ct(seed=3), geometry(direction=rotation_z(20))),
     "uint16_no_rescale": lambda d: write(d / "uint16_no_rescale_0000.nii.gz", (ct(seed=5).astype(np.int32) + 1024).astype(np.uint16)),
     "one_slice": lambda d: write(d / "one_slice_0000.nii.gz", ct((1, 40, 36), seed=6)),
+    "constant_air": lambda d: write(d / "constant_air_0000.nii.gz", np.full(SHAPE, -1000, np.int16)),
     "fewer_slices_than_patch": lambda d: write(d / "fewer_slices_than_patch_0000.nii.gz", ct((5, 40, 36), seed=7)),
     "padding_32768": lambda d: write(d / "padding_32768_0000.nii.gz", np.pad(ct((8, 30, 30), seed=8), 3, constant_values=-32768)),
     "multi_member_gzip": lambda d: multi_member_gzip(d / "multi_member_gzip_0000.nii.gz"),
@@ -206,8 +207,7 @@ BAD = {  # case id -> (writer, the cause the report must name)
     "zero_pixdim": (lambda d: nifti_with_pixdim(d / "zero_pixdim_0000.nii", 0.0), "pixdim"),
     "nan_pixdim": (lambda d: nifti_with_pixdim(d / "nan_pixdim_0000.nii", float("nan")), "pixdim"),
     "negative_pixdim": (lambda d: nifti_with_pixdim(d / "negative_pixdim_0000.nii", -1.1), "pixdim"),
-    # constant images hold no body to judge: not taken as CT (tests/test_ct_inputs.py has the rules)
-    "constant_air": (lambda d: write(d / "constant_air_0000.nii.gz", np.full(SHAPE, -1000, np.int16)), "not CT"),
+    # a constant 0 holds no body and is not HU air: not taken as CT (tests/test_ct_inputs.py has the rules)
     "constant_zero": (lambda d: write(d / "constant_zero_0000.nii.gz", np.zeros(SHAPE, np.int16)), "not CT"),
 }
 

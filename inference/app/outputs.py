@@ -46,7 +46,8 @@ def output_writer(formats: tuple[str, ...]):
         if seg_format is not None and Path(case.path).is_dir():
             from inference.app.dicom_seg.writer import prepare_dicom_seg
             started = time.perf_counter()
-            seg = prepare_dicom_seg(labels, geometry, case.path, labelmap=seg_format == DICOM_SEG_LABELMAP)
+            seg = prepare_dicom_seg(labels, geometry, case.path, labelmap=seg_format == DICOM_SEG_LABELMAP,
+                                    series_uid=case.series_uid)
             report.seconds["dicom_seg_build"] = time.perf_counter() - started
         elif seg_format is not None:
             report.output_note = NOT_DICOM_NOTE

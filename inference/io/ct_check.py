@@ -110,7 +110,8 @@ def classify_ct(values: np.ndarray, header: dict | None = None, assume_ct: bool 
     Header keys used (all optional): "modality" (DICOM 0008|0060), "rescale_intercept" (DICOM
     0028|1052, already applied by the reader), "pixel_type" (as stored, for the message).
     Rules, in order: a DICOM Modality other than CT is not CT; a DICOM CT with a non-zero rescale
-    intercept is in HU (the reader applied it); values spread over less than 100 units are no CT;
+    intercept is in HU (the reader applied it); a scan of air only (-1100..-900, HU's own values) is
+    CT with nothing to segment; values spread over less than 100 units are no CT;
     the values as stored, then shifted by -1024, are tried against `HUProfile`; a DICOM CT whose
     values fit neither is taken as stored when some voxel is below 0, else shifted. `assume_ct`
     turns a refusal into the old rule (no voxel below 0: shifted) and says so.
@@ -137,11 +138,13 @@ def _classify(sample: np.ndarray, low: float, modality: str, header: dict) -> CT
     seen = _describe_values(sample, header)
     if sample.size == 0:
         raise NotCTError("no voxels")
+    as_stored = hu_profile(sample, 0.0)
+    if as_stored.field_of_view and as_stored.body == 0:  # -1000 is HU's own value for air: nothing to segment
+        return CTVerdict("hu", 0.0, "air only (every voxel in the field of view at or below -900 HU)", as_stored)
     spread = float(np.percentile(sample, 99.5) - np.percentile(sample, 0.5))
     if spread < MIN_VALUE_SPREAD and not modality:
         raise NotCTError(f"{seen}: values spread over {spread:.3g} units (0.5-99.5 percentiles), "
                          f"a CT of a body spans at least {MIN_VALUE_SPREAD:g} HU")
-    as_stored = hu_profile(sample, 0.0)
     if not as_stored.failures():
         return CTVerdict("hu", 0.0, "values fit CT in HU", as_stored)
     shifted = hu_profile(sample, UNSHIFTED_CT_OFFSET)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 
 from inference.core.geometry import Geometry
 
@@ -26,12 +25,17 @@ class SeriesError(ValueError):
     """A DICOM series that a segmentation cannot reference exactly."""
 
 
-def series_files(folder: Path) -> list[Path]:
-    """Files of the series SimpleITK reads from `folder` (inference.io.images reads the first series)."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+def series_files(folder: Path, series_uid: str | None = None) -> list[Path]:
+    """Files of the series the scan was read from: `series_uid`, or the one inference.io.dicom_series
+    chooses in `folder` (the same rules as the reading, so the SEG references the segmented series)."""
+    from inference.io.dicom_series import SeriesError as ChoiceError, choose_series, list_series
+    series = list_series(folder)
     if not series:
         raise SeriesError(f"{folder}: folder holds no DICOM series")
-    return [Path(name) for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])]
+    try:
+        return [Path(name) for name in choose_series(series, series_uid)[0].files]
+    except ChoiceError as error:
+        raise SeriesError(f"{folder}: {error}") from None
 
 
 def read_headers(files: list[Path]) -> list[pydicom.Dataset]:

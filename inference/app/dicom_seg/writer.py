@@ -81,11 +81,12 @@ def build_segmentation(labels: np.ndarray, geometry: Geometry, sources: list[pyd
         omit_empty_frames=has_labels)
 
 
-def prepare_dicom_seg(labels: np.ndarray, geometry: Geometry, series_folder, labelmap: bool = False) -> hd.seg.Segmentation:
+def prepare_dicom_seg(labels: np.ndarray, geometry: Geometry, series_folder, labelmap: bool = False,
+                      series_uid: str | None = None) -> hd.seg.Segmentation:
     """The SEG of `labels` (on the array grid of the DICOM series in `series_folder`), not yet written.
 
     Raises SeriesError when the series' instances do not tile `geometry` one to one."""
-    files = series_files(Path(series_folder))
+    files = series_files(Path(series_folder), series_uid)
     sources = match_slices(files, read_headers(files), geometry)
     return build_segmentation(labels, geometry, sources, labelmap)
 
