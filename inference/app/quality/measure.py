@@ -20,7 +20,7 @@ BODY_HU_THRESHOLD = -500.0
 # The outline is computed on a grid of at least this in-plane spacing (every n-th row/column):
 # a body volume and an in-or-out test do not need sub-millimetre detail, and it keeps the pass
 # to a fraction of a second on a 512x512x300 scan.
-BODY_GRID_MM = 2.0
+BODY_GRID_MM = 3.0
 # A piece of an organ counts as a separate piece when it holds at least this share of the
 # organ's largest piece: single stray voxels at a boundary are segmentation noise, not a split.
 SIGNIFICANT_PIECE_SHARE = 0.1
