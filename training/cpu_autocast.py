@@ -12,15 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# one detection for training and inference (`--precision auto`), so both agree on a CPU
+from inference.engine.precision import cpu_has_native_bf16
 from training.presets import CPU_PRECISIONS
-
-# torch's own CPU feature probes (private, hence looked up by name; a torch without them: no bf16)
-_NATIVE_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-
-
-def cpu_has_native_bf16() -> bool:
-    probes = [getattr(torch.cpu, name, None) for name in _NATIVE_BF16_PROBES]
-    return any(probe() for probe in probes if probe is not None)
 
 
 def resolve_precision(cpu_precision: str, device: str) -> str:

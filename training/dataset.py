@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -98,11 +99,13 @@ def restrict_labels(labels: np.ndarray, annotated, organs_under_tumor: np.ndarra
 def build_flare_dataset(out_dir, *, n_labeled: int, n_partial: int, n_tumor_only: int, n_unlabeled: int,
                         n_validation: int, seed: int = 0, shape=(64, 128, 128), spacing=(2.5, 1.6, 1.6),
                         random_geometry: bool = True, max_voxels: int = 2_000_000,
-                        tumor_probability: float = 0.7) -> dict:
+                        tumor_probability: float = 0.7, kinds: Sequence[str] = KINDS) -> dict:
     """Write a FLARE23-style synthetic dataset under `out_dir` and return its manifest.
 
     Without `random_geometry` every case uses `shape`/`spacing`, identity direction, fov "abdomen".
     Case seeds are drawn from `seed` without repeats, so validation cases never share a training seed.
+    `kinds`: write only the cases of these kinds (ids and seeds stay those of the whole dataset, so
+    the held-out cases of a training's data can be written again alone).
     """
     counts = {"full": n_labeled, "partial": n_partial, "tumor_only": n_tumor_only, "unlabeled": n_unlabeled,
               "validation": n_validation}
@@ -124,6 +127,8 @@ def build_flare_dataset(out_dir, *, n_labeled: int, n_partial: int, n_tumor_only
         for _ in range(counts[kind]):
             case_seed = int(case_seeds[number])
             number += 1
+            if kind not in kinds:
+                continue
             case_rng = np.random.default_rng(np.random.SeedSequence([case_seed, 7]))
             cases.append(_write_case(folders, f"FLARE23_{number:04d}", kind, case_seed, case_rng,
                                      random_geometry, shape, spacing, max_voxels, tumor_probability))

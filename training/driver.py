@@ -666,12 +666,13 @@ class Driver:
         if folder not in self._runners:
             import torch
 
-            from inference.engine.runner import EngineOptions, ModelRunner, default_precision
             from inference.engine.model import load_model
+            from inference.engine.precision import nnunet_precision
+            from inference.engine.runner import EngineOptions, ModelRunner
 
             device = torch.device(self.options.device)
             self._runners[folder] = ModelRunner(load_model(folder, device=device),
-                                                EngineOptions(device=device, precision=default_precision(device)))
+                                                EngineOptions(device=device, precision=nnunet_precision(device)))
         return self._runners[folder]
 
     def run_organ_labels(self, _resume: bool) -> dict:
@@ -891,8 +892,13 @@ class Driver:
         }
 
     def run_export(self, _resume: bool) -> dict:
+        from training.precision_agreement import record_agreement
+
         provenance = self.provenance()
         path = self.assemble(self.weights, "tumor", provenance)
+        cases = [(case_id, image) for case_id, image, _ in self.validation_cases()]
+        if cases:  # what `--precision auto` reads: each model's bf16-vs-fp32 label agreement
+            record_agreement(self.weights, cases, "the training's validation cases")
         manifest = json.loads(path.read_text())
         return {"manifest": str(path), "stages": manifest["stages"], "files": len(manifest["files"]),
                 "provenance": provenance}
@@ -911,6 +917,7 @@ class Driver:
         return _without_per_case(summary)
 
     def run_evaluate(self, _resume: bool) -> dict:
+        from inference.engine.precision import AGREEMENT_KEY
         from training.evaluate_weights import evaluate_weights
         from training.manifest import write_manifest
 
@@ -928,7 +935,7 @@ class Driver:
         manifest = json.loads((self.weights / "cascade.json").read_text())
         write_manifest(self.weights, organ_folder=manifest["stages"]["organ"]["folder"],
                        tumor_stages=manifest["stages"]["tumor"], parameters=manifest["parameters"],
-                       provenance=provenance)
+                       provenance=provenance, precision_agreement=manifest.get(AGREEMENT_KEY))
         return _headline(summary)
 
 

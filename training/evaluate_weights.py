@@ -28,14 +28,15 @@ def evaluate_weights(weights: Path, cases: Sequence[tuple[str, Path, Path]], *, 
 
     from evaluation.lesions import case_lesions, summarize_lesions
     from evaluation.metrics import evaluate_case
-    from inference.engine.runner import EngineOptions, default_precision
+    from inference.engine.precision import nnunet_precision
+    from inference.engine.runner import EngineOptions
     from inference.io.images import read_ct, read_image
     from inference.app.pipeline import segment_canonical
     from inference.app.volumes import LABEL_NAMES
     from inference.app.segmenters import build_segmenter
 
     torch_device = torch.device(device)
-    segmenter = build_segmenter(weights, EngineOptions(device=torch_device, precision=default_precision(torch_device)))
+    segmenter = build_segmenter(weights, EngineOptions(device=torch_device, precision=nnunet_precision(torch_device)))
     per_case, lesions = {}, []
     for case_id, image_path, label_path in cases:
         start = time.perf_counter()

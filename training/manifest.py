@@ -11,6 +11,7 @@ from pathlib import Path
 
 from inference.io.images import write_text_atomic
 from inference.cascade.cascade_json import MANIFEST_FORMAT, MANIFEST_NAME, file_digests, load_manifest
+from inference.engine.precision import AGREEMENT_KEY
 
 
 def git_commit(repo: Path) -> str | None:
@@ -22,10 +23,12 @@ def git_commit(repo: Path) -> str | None:
 
 
 def write_manifest(root, *, organ_folder: str, tumor_stages: list[dict] | None = None,
-                   parameters: dict | None = None, provenance: dict | None = None) -> Path:
+                   parameters: dict | None = None, provenance: dict | None = None,
+                   precision_agreement: dict | None = None) -> Path:
     """Write root/cascade.json for the model folders under `root` and verify it reads back.
 
     tumor_stages: [{"organ": 1, "folder": "tumor_liver", "needs_contrast": False}, ...]
+    precision_agreement: each model's bf16-vs-fp32 label agreement (training.precision_agreement).
     """
     root = Path(root)
     tumor_stages = tumor_stages or []
@@ -40,6 +43,8 @@ def write_manifest(root, *, organ_folder: str, tumor_stages: list[dict] | None =
         "provenance": {"git_commit": git_commit(Path(__file__).resolve().parent.parent), **(provenance or {})},
         "files": file_digests(root, folders),
     }
+    if precision_agreement is not None:
+        manifest[AGREEMENT_KEY] = precision_agreement
     path = root / MANIFEST_NAME
     write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
     load_manifest(root)  # what we wrote must verify

@@ -44,7 +44,8 @@ def _budget_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, QA_MODES, RESAMPLINGS
+    from inference.core.choices import (DEFAULT_PRECISION, DEFAULT_RESAMPLING, DEVICES, EXPORT_METHODS,
+                                        PRECISION_CHOICES, QA_MODES, RESAMPLINGS)
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", type=Path, help="folder of scans, one scan file, or a DICOM folder")
@@ -54,15 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "or a single nnU-Net v2 model folder")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--step-size", type=_step_size, default=0.5, help="sliding-window step, fraction of the patch")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="network autocast (default: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
+                        help="network autocast; auto (default), per model: fp16 on CUDA; on a CPU bf16 where it "
+                             "has bf16 units (AMX, AVX512-BF16) unless cascade.json records that model's bf16 labels "
+                             "agreeing with its fp32 labels below 0.99 on the validation cases, else fp32. The run "
+                             "report names the precision each model ran in and why")
     parser.add_argument("--export", choices=EXPORT_METHODS, default="logits",
                         help="logits: interpolate cropped logits then argmax (nnU-Net's result); "
                              "argmax: argmax at model resolution then nearest upsampling")
-    parser.add_argument("--resampling", choices=RESAMPLINGS, default="fast",
-                        help="fast: scan -> model spacing by area down / linear up, logits back linearly; nnunet: "
-                             "nnU-Net's own resampling both ways (third-order spline on the CPU, nearest along the thick "
-                             "axis), for labels that match nnU-Net's predictor")
+    parser.add_argument("--resampling", choices=RESAMPLINGS, default=DEFAULT_RESAMPLING,
+                        help="nnunet (default): nnU-Net's own resampling both ways (third-order spline on the CPU, "
+                             "nearest along the thick axis), labels that match nnU-Net's predictor; fast: area down / "
+                             "linear up, logits back linearly: no third-order spline, but labels that agree less with "
+                             "nnU-Net's (BENCHMARKS.md, \"Engine vs nnU-Net's predictor (CPU)\")")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--report", type=Path, default=None,
                         help="JSON run report (default: OUTPUT/run_report.json; '-' disables)")
@@ -199,7 +204,7 @@ def run(args) -> int:
     if isinstance(plan, int):
         return plan
     if not plan.to_run:  # --continue on a finished batch: nothing to load
-        _write_report(args, None, [], time.perf_counter() - started, startup, plan)
+        _write_report(args, None, [], time.perf_counter() - started, startup, plan, {})
         return EXIT_OK
     cases = plan.to_run
     # The first scan is read while torch is imported and the weights load: SimpleITK releases the
@@ -209,7 +214,7 @@ def run(args) -> int:
         first_read = prefetch.submit(read_case, cases[0], args.assume_ct)
         import torch
 
-        from inference.engine.runner import DeviceError, EngineOptions, default_precision, resolve_device
+        from inference.engine.runner import DeviceError, EngineOptions, resolve_device
         from inference.cascade.cascade_json import ManifestError
         from inference.engine.model import ModelError
         from inference.app.segmenters import DEFAULT_WEIGHTS, build_segmenter
@@ -222,7 +227,7 @@ def run(args) -> int:
             check_output_folder(args.output, [case.case_id for case in cases])
             device = resolve_device(args.device)
             options = EngineOptions(device=device, step_size=args.step_size,
-                                    precision=args.precision or default_precision(device), export=args.export,
+                                    precision=args.precision, export=args.export,
                                     resampling=args.resampling, tta=args.tta)
             setup_started = time.perf_counter()
             segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options, args.case_time_budget)
@@ -230,8 +235,10 @@ def run(args) -> int:
         except (ModelError, ManifestError, DeviceError, PermissionError) as error:
             log.error("fatal: %s", error)
             return EXIT_FATAL
-    log.info("%d case(s) from %s on %s (%s, step %.2f, export %s)", len(cases), args.input, device,
-             options.precision, options.step_size, options.export)
+    log.info("%d case(s) from %s on %s (step %.2f, export %s, resampling %s)", len(cases), args.input, device,
+             options.step_size, options.export, options.resampling)
+    for name, choice in segmenter.precision_choices.items():
+        log.info("%s runs in %s: %s", name, choice.precision, choice.reason)
     reports = _segment_cases(args, cases, segmenter, first_read)
     failed = [r for r in reports if r.status != "ok"]
     for report in failed:
@@ -240,7 +247,8 @@ def run(args) -> int:
              args.output, time.perf_counter() - started, len(failed))
     if args.volumes:
         _write_volume_table(args.output, reports)
-    _write_report(args, options, reports, time.perf_counter() - started, startup, plan)
+    _write_report(args, options, reports, time.perf_counter() - started, startup, plan,
+                  segmenter.precision_choices)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -321,7 +329,7 @@ def _write_volume_table(output: Path, reports) -> None:
         write_volume_reports_csv(output / "volumes.csv", tables)
 
 
-def _write_report(args, options, reports, seconds: float, startup: dict, plan) -> None:
+def _write_report(args, options, reports, seconds: float, startup: dict, plan, precision_choices: dict) -> None:
     if args.report is not None and str(args.report) == "-":
         return
     from inference.app.pipeline import peak_gpu_mb, peak_rss_mb
@@ -337,6 +345,8 @@ def _write_report(args, options, reports, seconds: float, startup: dict, plan) -
             "canonical_orientation": not args.keep_orientation, "qa": args.qa,
             "output_format": list(args.output_format), "assume_ct": args.assume_ct, "series": args.series,
             "each_series": args.each_series, "case_time_budget_s": args.case_time_budget},
+        # what `precision` resolved to for each model (folder as cascade.json names it) and why
+        "precision_used": {name: choice.as_dict() for name, choice in precision_choices.items()},
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
                     "failed": sum(r.status != "ok" for r in reports), "skipped": len(plan.skipped),
                     "quality_flagged": sum(bool(r.quality and r.quality["flagged"]) for r in reports),

@@ -13,13 +13,15 @@ from inference.engine.runner import EngineOptions, ModelRunner
 from inference.core.geometry import Geometry
 from inference.cascade.cascade_json import is_manifest_folder, load_manifest
 from inference.engine.model import ModelError, load_model
+from inference.engine.precision import PrecisionChoice, with_resolved_precision
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"  # beside inference/, in the repository and the image
 
 
 class SingleModelSegmenter:
-    def __init__(self, runner: ModelRunner):
+    def __init__(self, runner: ModelRunner, precision_choices: dict[str, PrecisionChoice] | None = None):
         self.runner = runner
+        self.precision_choices = precision_choices or {}  # {model folder name: precision and why}
 
     def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
         return self.runner.segment(volume, geometry.spacing, timings, clamp_hu=True)
@@ -35,6 +37,9 @@ def build_segmenter(model_path, options: EngineOptions, case_time_budget_s: floa
         from inference.cascade.segmenter import CascadeSegmenter  # the cascade pulls in cc3d; only load it when used
         return CascadeSegmenter(load_manifest(model_path), options, case_time_budget_s=case_time_budget_s)
     if (model_path / "plans.json").is_file():
-        return SingleModelSegmenter(ModelRunner(load_model(model_path, device=options.device), options))
+        # a plain nnU-Net folder records no bf16-vs-fp32 agreement: "auto" takes bf16 on capable CPUs
+        model_options, choice = with_resolved_precision(options, None, str(model_path))
+        runner = ModelRunner(load_model(model_path, device=options.device), model_options)
+        return SingleModelSegmenter(runner, {model_path.resolve().name: choice})
     raise ModelError(f"{model_path}: neither a cascade folder ({model_path}/cascade.json) nor an nnU-Net "
                      "model folder (plans.json)")

@@ -20,6 +20,7 @@ import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import cc3d
@@ -33,6 +34,7 @@ from inference.core.geometry import Geometry
 from inference.cascade.cascade_json import Manifest, ManifestError, TumorStage
 from inference.engine.model import load_model, read_label_values
 from inference.cascade.organ_plausibility import implausible_organ
+from inference.engine.precision import PrecisionChoice, recorded_agreement, with_resolved_precision
 from inference.cascade.postprocessing import postprocess_organs
 from inference.engine.preprocessing import sanitize_hu
 from inference.app.volumes import LABEL_NAMES
@@ -269,6 +271,9 @@ class CascadeSegmenter:
             raise ValueError(f"tumor_stage_fns serve organs {sorted(tumor_stage_fns)}, "
                              f"the manifest's stages {sorted(hosts)}")
         self._organ_stage_clamps = organ_stage is None  # a model stage clamps while preprocessing
+        # {stage folder name: the precision its network runs in and why}, for the run report
+        self.precision_choices: dict[str, PrecisionChoice] = {}
+        self._stage_options = self._resolve_precisions(manifest)
         self.organ_stage = organ_stage or self._load(manifest.organ_folder)
         self._tumor_fns: dict[int, StageFn | Future] = dict(tumor_stage_fns or {})
         if tumor_stage_fns is None:
@@ -293,9 +298,23 @@ class CascadeSegmenter:
         fn = self._tumor_fns[organ]
         return fn.result() if isinstance(fn, Future) else fn
 
+    def _resolve_precisions(self, manifest: Manifest) -> dict[Path, EngineOptions]:
+        """Each model's options with `--precision auto` resolved against its recorded bf16-vs-fp32
+        agreement (cascade.json); a malformed record is a manifest error, raised before any case."""
+        stage_options = {}
+        for folder in [manifest.organ_folder, *(stage.folder for stage in self.tumor_stages)]:
+            name = folder.relative_to(manifest.root).as_posix()  # the stage's folder as cascade.json names it
+            try:
+                agreement = recorded_agreement(manifest.raw, name)
+            except ValueError as error:
+                raise ManifestError(f"{manifest.root / 'cascade.json'}: {error}") from None
+            stage_options[folder], self.precision_choices[name] = with_resolved_precision(
+                self.options, agreement, str(folder))
+        return stage_options
+
     def _load(self, folder) -> StageFn:
         model = load_model(folder, device=self.options.device)
-        return functools.partial(ModelRunner(model, self.options).segment, clamp_hu=True)
+        return functools.partial(ModelRunner(model, self._stage_options[folder]).segment, clamp_hu=True)
 
     def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
         if tuple(volume.shape) != geometry.shape:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISIONS, RESAMPLINGS
+from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISION_CHOICES, PRECISIONS, RESAMPLINGS
 from inference.engine.logits_to_labels import NO_NEAREST_AXES, SlabExport
 from inference.engine.mirroring import maybe_mirrored
 from inference.engine.model import LoadedModel
@@ -37,7 +37,9 @@ def resolve_device(name: str) -> torch.device:
 class EngineOptions:
     device: torch.device = torch.device("cpu")
     step_size: float = 0.5
-    precision: str = "fp32"  # autocast of the network: fp32, bf16 (CPU) or fp16 (GPU)
+    # autocast of the network: fp32, bf16 (CPU) or fp16 (GPU); "auto" is resolved per model by the
+    # segmenters (engine.precision) before a ModelRunner sees it
+    precision: str = "fp32"
     export: str = "logits"
     # "fast": input area down / linear up, logits linear; "nnunet": nnU-Net's own resampling of the
     # input (third-order spline on the CPU, seconds slower) and of the logits (nearest along the
@@ -46,19 +48,14 @@ class EngineOptions:
     tta: bool = False  # test-time mirroring over the model's allowed axes (engine.mirroring)
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}")
         if self.export not in EXPORT_METHODS:
             raise ValueError(f"export must be one of {EXPORT_METHODS}, got {self.export!r}")
         if self.resampling not in RESAMPLINGS:
             raise ValueError(f"resampling must be one of {RESAMPLINGS}, got {self.resampling!r}")
         if not 0 < self.step_size <= 1:
             raise ValueError(f"step size must be in (0, 1], got {self.step_size}")
-
-
-def default_precision(device: torch.device) -> str:
-    """fp16 on CUDA (what nnU-Net's predictor does); fp32 on the CPU, where bf16 is opt-in (BENCHMARKS.md)."""
-    return "fp16" if device.type == "cuda" else "fp32"
 
 
 class Timer:
@@ -90,6 +87,9 @@ class ModelRunner:
     """
 
     def __init__(self, model: LoadedModel, options: EngineOptions):
+        if options.precision not in PRECISIONS:
+            raise ValueError(f"a model runs in one of {PRECISIONS}; resolve {options.precision!r} first "
+                             "(inference.engine.precision.resolve_precision)")
         self.model = maybe_mirrored(model.to(options.device), options.tta)
         self.options = options
         self.config = model.config
