@@ -310,6 +310,12 @@ def test_export_writes_a_verified_cascade_with_provenance_and_metrics(fake_run):
     assert "git_commit" in provenance and provenance["training_data"]["cases_by_kind"]["full"] == 2
     assert 0 <= provenance["validation"]["mean_organ_dsc"] <= 1
     assert provenance["validation"]["case_ids"] == ["FLARE23_0006"]
+    # the export step recorded each model's bf16-vs-fp32 agreement (kept by the evaluate step's rewrite)
+    agreement = manifest.raw["precision_agreement"]
+    assert agreement["case_ids"] == ["FLARE23_0006"] and agreement["floor"] == 0.99
+    assert set(agreement["models"]) == {"organ", "tumor_liver", "tumor_pancreas", "tumor_right_kidney",
+                                        "tumor_left_kidney"}
+    assert all(0 <= m["bf16_vs_fp32_mean_dice"] <= 1 and m["cases"] == 1 for m in agreement["models"].values())
     lesions = provenance["validation"]["lesions"]  # the lesion-wise table, counted on the validation case
     assert lesions["true"]["lesions"] == sum(c["lesions"] for c in lesions["by_size"].values())
     assert set(provenance["ablation"]) >= {"with_pseudo_labels", "without_pseudo_labels"}
