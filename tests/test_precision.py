@@ -6,15 +6,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from inference import precision
-from inference.cli import EXIT_FATAL, EXIT_OK, main
-from inference.engine import EngineOptions, ModelRunner
-from inference.geometry import Geometry
-from inference.io import to_sitk
-from inference.manifest import MANIFEST_NAME, ManifestError, load_manifest
-from inference.model import load_model
-from inference.precision import resolve_precision
-from inference.segmenters import build_segmenter
+from inference.engine import precision
+from inference.app.cli import EXIT_FATAL, EXIT_OK, main
+from inference.engine.runner import EngineOptions, ModelRunner
+from inference.core.geometry import Geometry
+from inference.io.images import to_sitk
+from inference.cascade.cascade_json import MANIFEST_NAME, ManifestError, load_manifest
+from inference.engine.model import load_model
+from inference.engine.precision import resolve_precision
+from inference.app.segmenters import build_segmenter
 from tests.factories import make_model_folder
 from training.manifest import write_manifest
 from training.precision_agreement import PooledAgreement, record_agreement
