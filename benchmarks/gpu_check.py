@@ -1,7 +1,7 @@
 """GPU check, prepared to finish within about 5 minutes on one lent GPU (see benchmarks/gpu_check.sh).
 
 1. Correctness on small cases (run last): the CUDA path (fp32 and fp16) gives the labels of the CPU
-   path, and the cupy resampling backend matches the scipy oracle.
+   path (the CuPy paths are checked by the GPU-only tests that gpu_check.sh runs).
 2. Cost on clinical-size synthetic cases (512x512xN at 0.8x0.8x2.5 mm): a fresh `python -m inference`
    process per case (imports, CUDA start-up and weight loading included), whole-device GPU memory
    (NVML total minus free every 0.1 s: max and area under the curve) and wall time, for the organ
@@ -9,9 +9,9 @@
    32-320 features, patch 96x160x160; tumor: 5 stages, patch 56x112x176). The weights are random:
    the network's time and memory depend on the architecture, not on the weight values; the
    post-processing and the tumor crops depend on the scattered labels such a model draws, so their
-   seconds are not those of a trained model. Variants: the organ model
-   alone, the cascade, the cascade with torch's expandable segments, and the cascade on one long
-   (1000-slice) case. The fresh processes run before this process touches CUDA (NVML counts
+   seconds are not those of a trained model. Variants: the cascade with the default memory budget,
+   without a budget (`--gpu-memory-budget 0`), with torch's expandable segments, and on one long
+   (1000-slice) case; each case's run report carries the ledger's prediction beside torch's peaks. The fresh processes run before this process touches CUDA (NVML counts
    every context on the device).
 3. benchmarks/gpu_profile.py in a process of its own: start-up steps, whole-device memory after
    each, torch's peaks, and the organ model's slab path against its whole-map path.
@@ -42,7 +42,6 @@ def correctness(work: Path) -> dict:
     from inference.engine.runner import EngineOptions, ModelRunner
     from inference.engine.model import load_model
     from phantom import make_phantom
-    from inference.resampling.fast import resample_cupy, resample_scipy
     from training.model_folders import make_model_folder
 
     folder = make_model_folder(work / "small_model", patch=(32, 64, 64), bias_class=0)
@@ -54,11 +53,6 @@ def correctness(work: Path) -> dict:
         cuda = ModelRunner(load_model(folder), EngineOptions(torch.device("cuda"), precision=precision))
         labels = cuda.segment(volume, spacing, {})
         results[f"cuda_{precision}_vs_cpu_fp32_voxel_agreement"] = float((labels == cpu).mean())
-    rng = np.random.default_rng(0)
-    data = rng.normal(size=(3, 20, 37, 41)).astype(np.float32)
-    for shape in [(40, 74, 82), (10, 20, 21), (20, 80, 30)]:
-        difference = np.abs(resample_cupy(data, shape) - resample_scipy(data, shape)).max()
-        results[f"cupy_vs_scipy_max_abs_{'x'.join(map(str, shape))}"] = float(difference)
     return results
 
 
@@ -99,8 +93,9 @@ def cost(work: Path, cases: Path, long_cases: Path | None, device: str) -> dict:
         return (f"{environment}{python} -m inference -i {{input}} -o {{output}} --device {device} --model {model} "
                 f"--report {work}/{name}_{{case}}.json --no-progress")
     variants = {  # name: (command, cases)
-        "organ_only": (command(weights / "organ", "organ_only"), cases),
-        "cascade": (command(weights, "cascade"), cases),
+        "cascade": (command(weights, "cascade"), cases),  # the default memory budget
+        # without a budget: the trained patch, weights resident, the scan preprocessed on the device
+        "cascade_unbounded": (command(weights, "cascade_unbounded") + " --gpu-memory-budget 0", cases),
         # torch's allocator without fixed-size segments: less fragmentation counted by NVML
         "cascade_expandable": (command(weights, "cascade_expandable", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "),
                                cases),
@@ -123,6 +118,9 @@ def cost(work: Path, cases: Path, long_cases: Path | None, device: str) -> dict:
                 # torch's own pools at their peak: whole-device max minus this is the CUDA context,
                 # cuDNN/cuBLAS workspaces, cupy's pool and fragmentation, i.e. where to look next
                 result["torch_reserved_max_mb"] = case.get("peak_gpu_mb")
+                result["torch_allocated_max_mb"] = case.get("peak_gpu_allocated_mb")
+                result["predicted_gpu_mb"] = case.get("predicted_gpu_mb")  # the ledger, same process
+                result["device_memory"] = case.get("device_memory")
     return table
 
 
@@ -142,12 +140,13 @@ def print_table(results: dict) -> None:
     print(f"\nGPU check on {device}")
     for key, value in results["correctness"].items():
         print(f"  {key:<48} {value:.6f}")
-    print(f"\n{'variant':<20}{'case':<14}{'status':<8}{'wall s':>8}{'GPU max MB':>12}{'torch MB':>10}"
-          f"{'GPU AUC MB*s':>14}{'RSS max MB':>12}")
+    print(f"\n{'variant':<20}{'case':<14}{'status':<8}{'wall s':>8}{'GPU max MB':>12}{'reserved':>10}"
+          f"{'allocated':>10}{'ledger':>8}{'RSS max MB':>12}")
     for variant, rows in results["cost"].items():
         for r in rows:
             print(f"{variant:<20}{r['case']:<14}{r['status']:<8}{r['wall_s']:>8.2f}{r['gpu_max_mb'] or 0:>12.0f}"
-                  f"{r.get('torch_reserved_max_mb') or 0:>10.0f}{r['gpu_auc_mb_s'] or 0:>14.0f}{r['rss_max_mb']:>12.0f}")
+                  f"{r.get('torch_reserved_max_mb') or 0:>10.0f}{r.get('torch_allocated_max_mb') or 0:>10.0f}"
+                  f"{r.get('predicted_gpu_mb') or 0:>8.0f}{r['rss_max_mb']:>12.0f}")
     for variant, rows in results["cost"].items():
         for r in rows:
             print(f"  {variant} {r['case']} steps: {r.get('seconds')} start-up: {r.get('startup_seconds')} "

@@ -5,8 +5,8 @@ Steps, each timed, with whole-device GPU memory (NVML total minus free) after it
 interpreter + `import torch`, the CUDA context, building the cascade (weights to the GPU), reading
 the case, then the case through `run_cases` (what `python -m inference` does) while a thread
 samples NVML every 20 ms. Then, for the organ model alone, torch's own peak allocation of one
-network forward (the activations), of the slab path that `segment` uses and of the whole-map path
-(`predict_logits` + `export_labels`), with the labels of the two compared.
+fp16 forward per tile size beside the ledger's activation model, and of `segment` with the default
+budget and without one (the ledger's prediction beside each), with the labels of the two compared.
 
     python -m benchmarks.gpu_profile --weights DIR --case CT.nii.gz --out DIR [--precision fp16]
 """
@@ -105,46 +105,49 @@ def _mb(value: float) -> int:
 
 
 def organ_paths(segmenter, case, options, probe) -> dict:
-    """Peak torch allocation of one forward, of the slab path and of the whole-map path."""
+    """For the organ model: torch's peak of one fp16 forward per tile size beside the ledger's
+    activation model, then the case through the bounded path (the default budget) and through the
+    path without a budget, each with the ledger's prediction beside torch's measured peak."""
+    import dataclasses
+
     import numpy as np
     import torch
 
+    from inference.engine.device_memory import MB, forward_bytes, recording
     from inference.engine.runner import ModelRunner
-    from inference.engine.logits_to_labels import export_labels
     from inference.app.pipeline import read_case
-    from inference.engine.preprocessing import sanitize_hu
     volume, geometry, _, _ = read_case(case)
     runner: ModelRunner = segmenter.organ_stage.func.__self__  # the partial's bound ModelRunner.segment
-    config = runner.config
-    result = {}
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    patch = torch.zeros((1, 1, *config.patch_size), device="cuda")
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
-        runner.model(patch)
-    torch.cuda.synchronize()
-    result["one_forward_peak_mb"] = _mb(torch.cuda.max_memory_allocated() - before)
-    del patch
-    for name in ("slabs", "whole_map"):
+    result = {"forward": {}}
+    runner.model.to(options.device)
+    for tile in [(96, 160, 160), (64, 160, 160), (48, 160, 160), (32, 160, 160), (96, 128, 128)]:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        patch = torch.zeros((1, 1, *tile), device="cuda")
+        before = torch.cuda.memory_allocated()
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            runner.model(patch)
+        torch.cuda.synchronize()
+        result["forward"]["x".join(map(str, tile))] = {
+            "measured_mb": _mb(torch.cuda.max_memory_allocated() - before),
+            "ledger_mb": round(forward_bytes(runner.cost.unet, tile, 2) / MB)}
+        del patch
+    runner.model.to(torch.device("cpu"))
+    unbounded = ModelRunner(runner.model, dataclasses.replace(options, gpu_memory_budget_mb=0))
+    for name, path in (("bounded", runner), ("unbounded", unbounded)):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        with NvmlSampler(probe) as sampler:
-            if name == "slabs":
-                labels = runner.segment(volume, geometry.spacing, timings, clamp_hu=True)
-            else:
-                logits, pre = runner.predict_logits(sanitize_hu(volume), geometry.spacing, timings)
-                labels = export_labels(logits, pre, config.transpose_backward, options.export, config.label_values,
-                                       runner.export_nearest_axes(pre))
-                del logits
+        with NvmlSampler(probe) as sampler, recording() as ledger:
+            labels = path.segment(volume, geometry.spacing, timings, clamp_hu=True)
             torch.cuda.synchronize()
         result[name] = {"s": round(time.perf_counter() - started, 3), "steps": {k: round(v, 3) for k, v in timings.items()},
-                        "torch_allocated_max_mb": _mb(torch.cuda.max_memory_allocated()),
+                        "ledger": ledger.as_dict(), "torch_allocated_max_mb": _mb(torch.cuda.max_memory_allocated()),
                         "torch_reserved_max_mb": _mb(torch.cuda.max_memory_reserved()), "nvml_max_mb": round(sampler.max_mb)}
         result[f"{name}_labels"] = labels
-    result["slabs_vs_whole_map_voxel_agreement"] = float(np.mean(result.pop("slabs_labels") == result.pop("whole_map_labels")))
+    result["bounded_vs_unbounded_voxel_agreement"] = float(np.mean(result.pop("bounded_labels")
+                                                                   == result.pop("unbounded_labels")))
     return result
 
 

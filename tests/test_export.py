@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import inference.engine.logits_to_labels as export
-from inference.engine.logits_to_labels import SlabExport, export_labels, logits_to_labels_interpolated, output_span, resample_axis
+from inference.engine.logits_to_labels import SlabExport, output_span, resample_axis
 from inference.resampling.fast import source_range_for_output
 from inference.engine.preprocessing import CropBox, Preprocessed
+from tests.reference_export import export_labels, logits_to_labels_interpolated
 
 
 def full_reference(logits: torch.Tensor, out_shape) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""nnU-Net's image resampling, reproduced with scipy: equal to nnU-Net's own function."""
+"""nnU-Net's image resampling, reproduced with scipy (equal to nnU-Net's own function) and on the GPU with CuPy."""
 import numpy as np
 import pytest
 
@@ -28,7 +28,8 @@ def test_equals_nnunet_resampling_bit_for_bit(shape, spacing, target_spacing, se
     theirs = nnunet_resampling.resample_data_or_seg_to_shape(
         image[None], target, spacing, target_spacing, is_seg=False, order=settings.order, order_z=settings.order_z,
         force_separate_z=settings.force_separate_z)[0]
-    ours = resample_like_nnunet(image, target, spacing, target_spacing, settings)
+    ours = resample_like_nnunet(image, target, spacing, target_spacing, settings.order, settings.order_z,
+                                settings.force_separate_z)
     assert ours.dtype == np.float32 and ours.shape == tuple(target)
     np.testing.assert_array_equal(ours, theirs)
 
@@ -56,3 +57,39 @@ def test_plane_threads_do_not_change_a_value():
     one = resample_like_nnunet(image, target, (2.5, 0.8, 0.8), (3.4, 1.3, 1.25), workers=1)
     many = resample_like_nnunet(image, target, (2.5, 0.8, 0.8), (3.4, 1.3, 1.25), workers=4)
     assert one.dtype == np.float32 and np.array_equal(one, many)
+
+
+def _cupy_gpu() -> bool:
+    try:
+        import cupy
+        import cupyx.scipy.ndimage  # noqa: F401
+        return bool(cupy.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _cupy_gpu(), reason="needs cupy and a CUDA GPU")
+@pytest.mark.parametrize("shape,spacing,target_spacing", CASES[:2] + CASES[-1:])
+def test_cupy_planes_equal_scipy_planes(shape, spacing, target_spacing):
+    """The GPU job of CuPy: nnU-Net's separate-axis spline with every plane resized by cupyx."""
+    image = np.random.default_rng(sum(shape)).normal(size=shape).astype(np.float32)
+    target = [int(round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing)]
+    cpu = resample_like_nnunet(image, target, spacing, target_spacing)
+    gpu = resample_like_nnunet(image, target, spacing, target_spacing, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-5)
+
+
+def test_plane_resizer_is_shared_code_with_any_zoom():
+    """CPU twin of the CuPy path: `resize_like_skimage` with the zoom handed in (numpy arrays and
+    scipy's zoom here, cupy arrays and cupyx's on a GPU) is the function the CPU path runs."""
+    from scipy import ndimage
+
+    from inference.resampling.nnunet import resize_like_skimage
+    calls = []
+
+    def zoom(*args, **kwargs):
+        calls.append(kwargs)
+        return ndimage.zoom(*args, **kwargs)
+    plane = np.random.default_rng(1).normal(size=(40, 36))
+    np.testing.assert_array_equal(resize_like_skimage(plane, (21, 50), 3, zoom=zoom), resize_like_skimage(plane, (21, 50), 3))
+    assert calls == [{"order": 3, "mode": "nearest", "grid_mode": True}]

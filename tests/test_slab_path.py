@@ -12,12 +12,13 @@ import inference.engine.preprocessing as preprocessing
 from inference.cascade.segmenter import CascadeSegmenter, aorta_median_hu
 from inference.cascade.parameters import CascadeParameters
 from inference.engine.runner import EngineOptions, ModelRunner
-from inference.engine.logits_to_labels import export_labels
 from inference.core.geometry import Geometry
 from inference.cascade.cascade_json import load_manifest
 from inference.engine.model import IntensityProperties, ModelConfig, load_model
 from inference.engine.preprocessing import preprocess, sanitize_hu
 from tests.factories import make_model_folder
+from tests.reference_export import export_labels
+from tests.reference_sliding_window import predict_logits
 
 
 def config(normalization="CTNormalization", spacing=(1.0, 1.6, 1.6), transpose=(0, 1, 2)) -> ModelConfig:
@@ -99,7 +100,7 @@ def test_streamed_engine_agrees_with_the_whole_logit_map(model_folder, export):
     whose speckled output is near a decision boundary everywhere: the harshest case for rounding."""
     runner = ModelRunner(load_model(model_folder), EngineOptions(export=export))
     image, spacing = synthetic_ct((40, 70, 66)), (2.5, 0.8, 0.8)  # in-plane resampling, 5 tiles deep
-    logits, pre = runner.predict_logits(sanitize_hu(image), spacing, {})
+    logits, pre = predict_logits(runner, sanitize_hu(image), spacing)
     whole = export_labels(logits, pre, runner.config.transpose_backward, export, runner.config.label_values)
     timings = {}
     ours = runner.segment(image, spacing, timings, clamp_hu=True)
@@ -109,28 +110,49 @@ def test_streamed_engine_agrees_with_the_whole_logit_map(model_folder, export):
     assert {"preprocess", "network", "export"} <= set(timings)
 
 
-def test_host_accumulation_gives_the_same_labels(model_folder, monkeypatch):
-    """The GPU's out-of-memory fallback accumulates the logits in host RAM: same labels. On the CPU
-    both accumulators are host memory; where CUDA exists the network runs on the GPU, and the
-    first attempt is made to run out of memory so that `segment` takes the fallback itself."""
-    import inference.engine.runner as engine
-    image, spacing = synthetic_ct((40, 70, 66)), (2.5, 0.8, 0.8)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    runner = ModelRunner(load_model(model_folder), EngineOptions(device=device))
-    reference = runner.segment(image, spacing, {}, clamp_hu=True)
-    host = runner._segment_by_slabs(image, spacing, {}, True, accumulate_device=torch.device("cpu"))
-    np.testing.assert_array_equal(host, reference)
-    if device.type == "cuda":
-        real, calls = engine.sliding_window_slabs, []
+def test_host_accumulation_gives_the_same_labels(model_folder):
+    """The GPU's fallback accumulates the logits in host RAM: the same labels, bit for bit."""
+    from dataclasses import replace
 
-        def out_of_memory_once(*args, **kwargs):
-            calls.append(kwargs.get("accumulate_device"))
-            if len(calls) == 1:
-                raise torch.OutOfMemoryError("simulated")
-            return real(*args, **kwargs)
-        monkeypatch.setattr(engine, "sliding_window_slabs", out_of_memory_once)
-        np.testing.assert_array_equal(runner.segment(image, spacing, {}, clamp_hu=True), reference)
-        assert calls == [None, torch.device("cpu")]
+    from inference.engine.runner import Timer
+    runner = ModelRunner(load_model(model_folder), EngineOptions(gpu_memory_budget_mb=10_000))
+    image, spacing = synthetic_ct((40, 70, 66)), (2.5, 0.8, 0.8)
+    pre = preprocess(image, spacing, runner.config, clamp_hu=True)
+    plan = runner.memory_plan(pre.data.shape[1:])
+    assert plan.accumulate_on_device and plan.tile == runner.config.patch_size
+    on_device = runner._segment_planned(pre, plan, Timer({}))
+    in_host_ram = runner._segment_planned(pre, replace(plan, accumulate_on_device=False), Timer({}))
+    np.testing.assert_array_equal(in_host_ram, on_device)
+
+
+def test_out_of_memory_is_retried_with_the_fallback_plan(model_folder, monkeypatch):
+    """Simulated: the first sliding window raises torch.OutOfMemoryError, as a GPU short of memory
+    would; `segment` retries with host accumulation and tiles half as deep, says so in the ledger,
+    and returns exactly that plan's labels."""
+    import inference.engine.runner as engine
+    from inference.engine.device_memory import recording
+    runner = ModelRunner(load_model(model_folder), EngineOptions(gpu_memory_budget_mb=10_000))
+    image, spacing = synthetic_ct((40, 70, 66)), (2.5, 0.8, 0.8)
+    pre = preprocess(image, spacing, runner.config, clamp_hu=True)
+    divisors = engine.stride_divisors(runner.cost.unet)
+    fallback = engine._fallback_plan(runner.memory_plan(pre.data.shape[1:]), runner.config.patch_size, divisors)
+    expected = runner._segment_planned(pre, fallback, engine.Timer({}))
+    real, placements = engine.sliding_window_slabs, []
+
+    def out_of_memory_once(*args, **kwargs):
+        placements.append((tuple(args[2]), kwargs["placement"].accumulate_on_device))
+        if len(placements) == 1:
+            raise torch.OutOfMemoryError("simulated")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(engine, "sliding_window_slabs", out_of_memory_once)
+    monkeypatch.setattr(engine, "_retries_out_of_memory", lambda device: True)
+    monkeypatch.setattr(engine.torch.cuda, "empty_cache", lambda: None)
+    with recording() as ledger:
+        labels = runner.segment(image, spacing, {}, clamp_hu=True)
+    patch_size = tuple(runner.config.patch_size)
+    assert placements == [(patch_size, True), ((patch_size[0] // 2, *patch_size[1:]), False)]
+    assert any("GPU out of memory; retried with tiles 8x32x32" in event for event in ledger.events)
+    np.testing.assert_array_equal(labels, expected)
 
 
 def test_cascade_model_stages_clamp_without_a_copy_and_match_clamped_input(tmp_path, model_folder):

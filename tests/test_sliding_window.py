@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.engine.sliding_window import (compute_steps, gaussian_importance_map, pad_to_patch,
-                                      predict_sliding_window, sliding_window_slabs)
+from inference.engine.sliding_window import Placement, compute_steps, gaussian_importance_map, pad_to_patch, sliding_window_slabs
+from tests.reference_sliding_window import predict_sliding_window
 
 
 def identity_network(num_classes):
@@ -123,7 +123,8 @@ def test_slabs_accumulated_on_another_device_are_equal():
     volume = torch.randn(1, 40, 20, 24)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     whole = predict_sliding_window(conv.to(device), volume.to(device), (16, 12, 12), 3)
-    parts = list(sliding_window_slabs(conv.to(device), volume.to(device), (16, 12, 12), 3, accumulate_device="cpu"))
+    parts = list(sliding_window_slabs(conv.to(device), volume.to(device), (16, 12, 12), 3,
+                                      placement=Placement(accumulate_on_device=False)))
     assert all(slab.device.type == "cpu" for _, slab in parts)
     torch.testing.assert_close(torch.cat([slab for _, slab in parts], dim=1), whole.cpu(), rtol=0, atol=0)
 
@@ -134,3 +135,15 @@ def test_autocast_does_not_leak_into_the_consumer():
     for _ in sliding_window_slabs(lambda b: b, torch.randn(1, 24, 8, 8), (8, 8, 8), 1, precision="bf16"):
         seen.append(torch.is_autocast_enabled("cpu"))
     assert seen and not any(seen)
+
+
+@pytest.mark.parametrize("patch", [(96, 160, 160), (56, 112, 176), (9, 12, 10), (3, 5, 7), (1, 4, 4)])
+def test_gaussian_equals_scipys_filter_of_an_impulse_bit_for_bit(patch):
+    """nnU-Net's construction, which the engine reproduces without importing scipy.ndimage."""
+    from scipy.ndimage import gaussian_filter
+    impulse = np.zeros(patch)
+    impulse[tuple(p // 2 for p in patch)] = 1
+    expected = gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant", cval=0)
+    expected /= expected.max() / 10
+    expected[expected == 0] = expected[expected != 0].min()
+    assert np.array_equal(gaussian_importance_map(patch).numpy(), expected.astype(np.float32))

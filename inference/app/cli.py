@@ -43,6 +43,13 @@ def _budget_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _budget_mb(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"GPU memory budget must be >= 0 MB, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from inference.core.choices import (DEFAULT_PRECISION, DEFAULT_RESAMPLING, DEVICES, EXPORT_METHODS,
                                         PRECISION_CHOICES, QA_MODES, RESAMPLINGS)
@@ -68,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "nearest along the thick axis), labels that match nnU-Net's predictor; fast: area down / "
                              "linear up, logits back linearly: no third-order spline, but labels that agree less with "
                              "nnU-Net's (BENCHMARKS.md, \"Engine vs nnU-Net's predictor (CPU)\")")
+    parser.add_argument("--gpu-memory-budget", type=_budget_mb, default=None, metavar="MB",
+                        help="tensors the engine may keep on the GPU: tiles, accumulator and export are planned to "
+                             "fit, with host-RAM fallbacks reported in the run report (default 1200 on CUDA; 0: no "
+                             "budget, the trained patch with weights resident; on a CPU run it makes the CPU follow "
+                             "the GPU's plan and predict its memory)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--report", type=Path, default=None,
                         help="JSON run report (default: OUTPUT/run_report.json; '-' disables)")
@@ -228,7 +240,8 @@ def run(args) -> int:
             device = resolve_device(args.device)
             options = EngineOptions(device=device, step_size=args.step_size,
                                     precision=args.precision, export=args.export,
-                                    resampling=args.resampling, tta=args.tta)
+                                    resampling=args.resampling, tta=args.tta,
+                                    gpu_memory_budget_mb=args.gpu_memory_budget)
             setup_started = time.perf_counter()
             segmenter = build_segmenter(args.model or DEFAULT_WEIGHTS, options, args.case_time_budget)
             startup["model_setup_s"] = time.perf_counter() - setup_started
@@ -344,13 +357,15 @@ def _write_report(args, options, reports, seconds: float, startup: dict, plan, p
             "export": options.export, "resampling": options.resampling, "tta": options.tta,
             "canonical_orientation": not args.keep_orientation, "qa": args.qa,
             "output_format": list(args.output_format), "assume_ct": args.assume_ct, "series": args.series,
-            "each_series": args.each_series, "case_time_budget_s": args.case_time_budget},
+            "each_series": args.each_series, "case_time_budget_s": args.case_time_budget,
+            "gpu_memory_budget_mb": options.memory_budget_mb},
         # what `precision` resolved to for each model (folder as cascade.json names it) and why
         "precision_used": {name: choice.as_dict() for name, choice in precision_choices.items()},
         "summary": {"cases": len(reports), "ok": sum(r.status == "ok" for r in reports),
                     "failed": sum(r.status != "ok" for r in reports), "skipped": len(plan.skipped),
                     "quality_flagged": sum(bool(r.quality and r.quality["flagged"]) for r in reports),
-                    "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu},
+                    "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": peak_gpu,
+                    "predicted_gpu_mb": max((r.predicted_gpu_mb or 0 for r in reports), default=None) or None},
         # where a fresh process's seconds go before the first case: interpreter start-up, our
         # imports (torch), building the models (CUDA start-up and weight loading included)
         "startup_seconds": {k: None if v is None else round(v, 3) for k, v in startup.items()},

@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from inference.engine.device_memory import recording
 from inference.core.geometry import Geometry
 from inference.io.ct_input import read_ct_scan
 from inference.io.images import Case, InputError, write_labels
@@ -41,6 +42,11 @@ class CaseReport:
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float | None = None
     peak_gpu_mb: float | None = None
+    # the device-memory ledger's prediction for this case (tensors on the device, peak per stage,
+    # fallbacks taken), beside the measured peak_gpu_mb; inference.engine.device_memory
+    predicted_gpu_mb: float | None = None
+    peak_gpu_allocated_mb: float | None = None  # measured: torch's allocated peak of this process
+    device_memory: dict | None = None
     labels_present: list[int] | None = None
     orientation: dict | None = None  # axes permuted/flipped to the canonical layout, when any were
     volumes: dict | None = None  # organ and tumor volumes, when asked for
@@ -72,6 +78,14 @@ def peak_gpu_mb() -> float | None:
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
     return torch.cuda.max_memory_reserved() / 2**20
+
+
+def peak_gpu_allocated_mb() -> float | None:
+    """torch's allocated peak (what the ledger predicts), or None without a started CUDA context."""
+    import torch
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def read_case(case: Case, assume_ct: bool = False):
@@ -146,6 +160,8 @@ def run_cases(cases: list[Case], output_dir: Path, segmenter: Segmenter, *,
             report.peak_rss_mb = round(peak_rss_mb(), 1)
             gpu = peak_gpu_mb()
             report.peak_gpu_mb = round(gpu, 1) if gpu is not None else None
+            allocated = peak_gpu_allocated_mb()
+            report.peak_gpu_allocated_mb = round(allocated, 1) if allocated is not None else None
             reports.append(report)
             if progress is not None:
                 progress.update(1)
@@ -165,12 +181,16 @@ def _warn_skipped_stages(case: Case, details: dict | None) -> None:
 def _segment_case(segmenter: Segmenter, volume: np.ndarray, geometry: Geometry, report: CaseReport,
                   canonical_orientation: bool) -> np.ndarray:
     report.shape_zyx, report.spacing_zyx = list(geometry.shape), list(geometry.spacing)
-    if canonical_orientation:
-        axis_map = closest_axis_map(geometry.direction)
-        report.orientation = None if axis_map.is_identity else axis_map.as_dict()
-        labels = segment_canonical(segmenter, volume, geometry, report.seconds)
-    else:
-        labels = segmenter.segment(volume, geometry, report.seconds)
+    with recording() as ledger:  # the device-memory ledger's account of this case
+        if canonical_orientation:
+            axis_map = closest_axis_map(geometry.direction)
+            report.orientation = None if axis_map.is_identity else axis_map.as_dict()
+            labels = segment_canonical(segmenter, volume, geometry, report.seconds)
+        else:
+            labels = segmenter.segment(volume, geometry, report.seconds)
+    if ledger.peak:
+        report.device_memory = ledger.as_dict()
+        report.predicted_gpu_mb = report.device_memory["predicted_peak_mb"]
     if labels.shape != geometry.shape or labels.dtype != np.uint8:
         raise RuntimeError(f"segmenter returned {labels.dtype} {labels.shape}, expected uint8 {geometry.shape}")
     report.labels_present = [int(v) for v in np.unique(labels) if v]

@@ -24,12 +24,13 @@ from inference.resampling.fast import area_bins, linear_source_weights, resample
 
 NO_NEAREST_AXES = (False, False, False)
 
-SLAB_BYTES = 256 * 2**20  # working set per slab; keeps CPU RSS and GPU memory bounded on any length
+SLAB_BYTES = 256 * 2**20  # working set per slab on the CPU; a device gets its budget's (`working_bytes`)
 # Interpolating a border voxel at its corners (8 gathers of every class) costs about 2.5 times a
-# voxel of the dense separable passes (CPU-2, 1 thread: a map that is all border took 2.43 s
+# voxel of the dense separable passes (2-core Xeon, 1 thread: a map that is all border took 2.43 s
 # against 0.94 s dense): above this share of border voxels the dense passes are cheaper.
 BOUNDARY_SHARE_LIMIT = 0.3
 BOUNDARY_CHUNK = 1 << 18  # border voxels interpolated per batch (14 classes x 8 corners: about 120 MB)
+GATHER_BYTES = 4 * 8 * 2  # per class and border voxel: float32 values of 8 corners, and their blends
 
 
 def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int, nearest: bool = False) -> tuple[int, int]:
@@ -129,21 +130,6 @@ def _resize_plane(part: torch.Tensor, out_plane) -> torch.Tensor:
     return F.interpolate(part, size=tuple(out_plane), **kwargs)
 
 
-def logits_to_labels_interpolated(logits: torch.Tensor, out_shape, plane_kernel: bool | None = None,
-                                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES
-                                  ) -> tuple[np.ndarray, tuple[slice, ...] | None]:
-    """Argmax of linearly resized logits, computed only where foreground can appear.
-
-    Returns the labels inside the foreground window and the window's slices in the output grid.
-    The in-plane pass uses torch's interpolation kernel on whole planes or per-axis matrix
-    products on the window, whichever is cheaper (`plane_kernel` forces one, for tests); both
-    give the same values. `nearest_axes`: axes resized by nnU-Net's nearest neighbour instead
-    (its export of anisotropic scans: the thick axis with order_z 0).
-    """
-    return _interpolate_outputs(logits, 0, tuple(logits.shape[1:]), tuple(out_shape), (0, out_shape[0]), plane_kernel,
-                                nearest_axes)
-
-
 def _source_range(in_size: int, out_size: int, out_start: int, out_stop: int, nearest: bool) -> tuple[int, int]:
     if nearest and in_size != out_size:
         index = nearest_indices(in_size, out_size)
@@ -153,11 +139,12 @@ def _source_range(in_size: int, out_size: int, out_start: int, out_stop: int, ne
 
 def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shape, out_z: tuple[int, int],
                          plane_kernel: bool | None = None, nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES,
-                         ) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+                         working_bytes: int | None = None) -> tuple[np.ndarray, tuple[slice, ...] | None]:
     """Labels for output slices out_z[0]..out_z[1]-1 (all of y and x) of resizing a map of
     `in_shape` to `out_shape`, when `rows` holds the map's rows from `row_offset` on, including
     every row those outputs read. Returns the labels inside their foreground window and the
-    window's slices in the output grid (None: all background).
+    window's slices in the output grid (None: all background). `working_bytes` bounds the
+    temporaries (default: SLAB_BYTES, and BOUNDARY_CHUNK border voxels a batch).
     """
     low = argmax_channels(rows)
     box = _foreground_box(low)
@@ -171,7 +158,9 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
         return np.zeros((0, 0, 0), np.uint8), None
     window_slices = tuple(slice(a, b) for a, b in window)
     if all(o >= i or nearest for i, o, nearest in zip(in_shape, out_shape, nearest_axes)):
-        labels = _boundary_labels(rows, low, row_offset, in_shape, out_shape, window, nearest_axes=nearest_axes)
+        chunk = BOUNDARY_CHUNK if working_bytes is None else max(1, working_bytes // (GATHER_BYTES * rows.shape[0]))
+        labels = _boundary_labels(rows, low, row_offset, in_shape, out_shape, window, nearest_axes=nearest_axes,
+                                  chunk=chunk)
         if labels is not None:
             return labels, window_slices
     (z0, z1), (y0, y1), (x0, x1) = window
@@ -186,7 +175,8 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
                                   in zip(in_shape[1:], out_shape[1:], window[1:], nearest_axes[1:]))
         plane_elements = (y1 - y0) * (x1 - x0)
     classes = rows.shape[0]
-    slab = max(1, SLAB_BYTES // max(classes * plane_elements * 4 * 3, 1))  # slab, y pass, x pass
+    budget = SLAB_BYTES if working_bytes is None else working_bytes
+    slab = max(1, budget // max(classes * plane_elements * 4 * 3, 1))  # slab, y pass, x pass
     labels = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=np.uint8)
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
@@ -204,7 +194,7 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
 
 def _boundary_labels(rows: torch.Tensor, low: torch.Tensor, row_offset: int, in_shape, out_shape, window,
                      share_limit: float | None = None, nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES,
-                     ) -> np.ndarray | None:
+                     chunk: int = BOUNDARY_CHUNK) -> np.ndarray | None:
     """Labels of the output `window` when no axis shrinks linearly (linear interpolation reads two
     source indices per axis, one where the axis keeps its size or is resized by nearest
     neighbour), interpolating only border voxels.
@@ -238,7 +228,7 @@ def _boundary_labels(rows: torch.Tensor, low: torch.Tensor, row_offset: int, in_
         return None
     flat = rows.reshape(rows.shape[0], -1)
     plane, width = rows.shape[2] * rows.shape[3], rows.shape[3]
-    slices_per_batch = max(1, BOUNDARY_CHUNK // max(border[0].numel(), 1))
+    slices_per_batch = max(1, chunk // max(border[0].numel(), 1))
     for first in range(0, border.shape[0], slices_per_batch):  # bounded index and gather memory
         z, y, x = torch.nonzero(border[first:first + slices_per_batch]).unbind(1)
         z = z + first
@@ -281,31 +271,11 @@ def _interpolate_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) ->
     return a * wa + b * wb
 
 
-def logits_to_labels_nearest(logits: torch.Tensor, out_shape) -> np.ndarray:
-    return upsample_labels_nearest(argmax_channels(logits), out_shape)
-
-
 def upsample_labels_nearest(low: torch.Tensor, out_shape) -> np.ndarray:
     """Model-resolution labels -> labels on `out_shape` by nearest-exact."""
     if tuple(low.shape) == tuple(out_shape):
         return low.cpu().numpy()
     return resample_torch(low, tuple(out_shape), mode="nearest").cpu().numpy()
-
-
-def export_labels(logits: torch.Tensor, pre: Preprocessed, transpose_backward, method: str = "logits",
-                  label_values: list[int] | None = None,
-                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES) -> np.ndarray:
-    """Labels (uint8) on the original input grid from model-resolution logits of one case."""
-    _check_method(method)
-    full = np.zeros(pre.transposed_shape, dtype=np.uint8)
-    if method == "logits":
-        labels, window = logits_to_labels_interpolated(logits, pre.crop.shape, nearest_axes=nearest_axes)
-        if window is not None:
-            crop_view = full[pre.crop.slices]
-            crop_view[window] = labels
-    else:
-        full[pre.crop.slices] = logits_to_labels_nearest(logits, pre.crop.shape)
-    return _input_grid(full, transpose_backward, label_values)
 
 
 def _check_method(method: str) -> None:
@@ -321,23 +291,24 @@ def _input_grid(full: np.ndarray, transpose_backward, label_values: list[int] | 
 
 
 class SlabExport:
-    """`export_labels` for logits that arrive as z-slabs in order (`sliding_window_slabs`), so the
-    model-resolution map of all classes never exists whole.
+    """Labels on the input grid from logits that arrive as z-slabs in order (`sliding_window_slabs`),
+    so the model-resolution map of all classes never exists whole.
 
     `add(z0, slab)` takes model-resolution rows z0.. and labels every output slice whose source
     rows have all arrived; rows no later output reads are dropped, so at most one slab plus the
     rows one output slice reads are held. "argmax" keeps only the uint8 argmax per slab.
 
-    Labels equal `export_labels` on the whole map up to float rounding: each group of output
+    Labels equal the whole map's (tests/reference_export.py) up to float rounding: each group of output
     slices gets its own foreground window (exact, by the convexity argument of the module
     docstring), and a different window can change the order of the additions in the in-plane
     pass or pick the other in-plane kernel (tests/test_export.py measures the agreement).
     """
 
     def __init__(self, pre: Preprocessed, model_shape, method: str = "logits",
-                 nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES):
+                 nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES, working_bytes: int | None = None):
         _check_method(method)
         self.pre, self.method, self.nearest_axes = pre, method, tuple(nearest_axes)
+        self.working_bytes = working_bytes
         self.in_shape, self.out_shape = tuple(int(s) for s in model_shape), tuple(pre.crop.shape)
         self.full = np.zeros(pre.transposed_shape, dtype=np.uint8)
         self.crop_labels = self.full[pre.crop.slices]  # a view: labels land in the input-sized array
@@ -366,7 +337,7 @@ class SlabExport:
         first, last = int(self.source_start[out_start]), int(self.source_stop[out_stop - 1])
         rows = self.rows[:, first - self.row_offset:last - self.row_offset]
         labels, window = _interpolate_outputs(rows, first, self.in_shape, self.out_shape, (out_start, out_stop),
-                                              nearest_axes=self.nearest_axes)
+                                              nearest_axes=self.nearest_axes, working_bytes=self.working_bytes)
         if window is not None:
             self.crop_labels[window] = labels
 
@@ -375,6 +346,10 @@ class SlabExport:
         if keep_from > self.row_offset:
             self.rows = self.rows[:, keep_from - self.row_offset:].clone()  # clone: let the old rows go
             self.row_offset = keep_from
+
+    def held_bytes(self) -> int:
+        """Bytes of the model-resolution rows waiting for the outputs that read them."""
+        return 0 if self.rows is None else self.rows.numel() * self.rows.element_size()
 
     def labels(self, transpose_backward, label_values: list[int] | None = None) -> np.ndarray:
         """Labels (uint8) on the original input grid, once every slab has arrived."""

@@ -87,7 +87,7 @@ def normalize(volume: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 def preprocess(volume: np.ndarray, spacing: tuple[float, ...], config: ModelConfig,
                device: torch.device | str = "cpu", clamp_hu: bool = False,
-               resampling: str = "fast") -> Preprocessed:
+               resampling: str = "fast", spline_device: torch.device | str = "cpu") -> Preprocessed:
     """Original (z, y, x) HU array + spacing -> network input at model spacing on `device`.
 
     `clamp_hu=True` gives the result of `preprocess(sanitize_hu(volume), ...)` without that
@@ -96,7 +96,8 @@ def preprocess(volume: np.ndarray, spacing: tuple[float, ...], config: ModelConf
     whole-volume path held three: the clipped, centred and scaled arrays, 1 GB each for a
     512x512x1000 CT); the values are those of the whole-volume path, bit for bit. CUDA and the
     cases the slabs cannot reproduce exactly keep the whole-volume path.
-    `resampling`: "fast" (area down, linear up) or "nnunet" (nnU-Net's spline, on the CPU).
+    `resampling`: "fast" (area down, linear up) or "nnunet" (nnU-Net's spline, on `spline_device`:
+    a CUDA device resizes the planes with CuPy when it is installed).
     """
     if resampling not in RESAMPLINGS:
         raise ValueError(f"resampling must be one of {RESAMPLINGS}, got {resampling!r}")
@@ -107,7 +108,10 @@ def preprocess(volume: np.ndarray, spacing: tuple[float, ...], config: ModelConf
     if resampling == "nnunet":
         cropped = transposed[crop.slices]  # clamping is element-wise: clamp the crop, not the scan
         normalized = normalize(sanitize_hu(cropped) if clamp_hu else cropped, config)
-        resampled = resample_like_nnunet(normalized, target_shape, spacing_t, config.spacing, config.data_resampling)
+        settings = config.data_resampling
+        resampled = resample_like_nnunet(normalized, target_shape, spacing_t, config.spacing, settings.order,
+                                         settings.order_z, settings.force_separate_z,
+                                         device=torch.device(spline_device).type)
         tensor = torch.from_numpy(resampled).to(device)[None]
     elif torch.device(device).type == "cpu" and _slabs_are_exact(config, crop.shape, target_shape):
         tensor = _normalize_resample_by_slabs(transposed[crop.slices], config, target_shape, clamp_hu)[None]

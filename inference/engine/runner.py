@@ -1,20 +1,23 @@
 """One nnU-Net model on one volume: preprocess -> sliding window -> labels on the input grid."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISION_CHOICES, PRECISIONS, RESAMPLINGS
+from inference.engine.device_memory import (DEFAULT_BUDGET_MB, MemoryPlan, NetworkCost, UNetShape, active_ledger,
+                                     plan_tiles, precision_bytes, stride_divisors, weight_bytes)
 from inference.engine.logits_to_labels import NO_NEAREST_AXES, SlabExport
 from inference.engine.mirroring import maybe_mirrored
 from inference.engine.model import LoadedModel
 from inference.resampling.nnunet import nearest_axes
 from inference.engine.preprocessing import Preprocessed, preprocess
-from inference.engine.sliding_window import predict_sliding_window, sliding_window_slabs
+from inference.engine.sliding_window import Placement, sliding_window_slabs
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,17 @@ class EngineOptions:
     # thick axis of anisotropic scans), so that labels match nnU-Net's predictor
     resampling: str = "fast"
     tta: bool = False  # test-time mirroring over the model's allowed axes (engine.mirroring)
+    # Tensors the engine may keep on the device, in MB (tiles, accumulator, export and weights are
+    # planned to fit; inference.engine.device_memory). None: DEFAULT_BUDGET_MB on CUDA, no budget on the
+    # CPU; 0: no budget (the trained patch, weights resident, the scan preprocessed on the device).
+    # Set on a CPU run, the CPU follows the GPU's plan (its twin) and the ledger predicts the GPU.
+    gpu_memory_budget_mb: float | None = None
+
+    @property
+    def memory_budget_mb(self) -> float | None:
+        if self.gpu_memory_budget_mb is None:
+            return DEFAULT_BUDGET_MB if self.device.type == "cuda" else None
+        return self.gpu_memory_budget_mb or None
 
     def __post_init__(self):
         if self.precision not in PRECISION_CHOICES:
@@ -54,6 +68,8 @@ class EngineOptions:
             raise ValueError(f"export must be one of {EXPORT_METHODS}, got {self.export!r}")
         if self.resampling not in RESAMPLINGS:
             raise ValueError(f"resampling must be one of {RESAMPLINGS}, got {self.resampling!r}")
+        if self.gpu_memory_budget_mb is not None and self.gpu_memory_budget_mb < 0:
+            raise ValueError(f"GPU memory budget must be >= 0 MB, got {self.gpu_memory_budget_mb}")
         if not 0 < self.step_size <= 1:
             raise ValueError(f"step size must be in (0, 1], got {self.step_size}")
 
@@ -84,74 +100,116 @@ class ModelRunner:
 
     `clamp_hu=True` (per call): the input is CT as read, clamped to the physical HU range as part
     of preprocessing (`preprocessing.sanitize_hu`), so callers need no clamped copy of the scan.
+
+    With a memory budget the network input stays in host RAM (preprocessed there, in slabs), the
+    weights go to the device only while this model runs, and `device_memory.plan_tiles` sizes the
+    tiles and places the accumulator; every device buffer is reported to the active ledger.
     """
 
     def __init__(self, model: LoadedModel, options: EngineOptions):
         if options.precision not in PRECISIONS:
             raise ValueError(f"a model runs in one of {PRECISIONS}; resolve {options.precision!r} first "
                              "(inference.engine.precision.resolve_precision)")
-        self.model = maybe_mirrored(model.to(options.device), options.tta)
         self.options = options
+        self.budget_mb = options.memory_budget_mb
+        self.model = maybe_mirrored(model.to(torch.device("cpu") if self.budget_mb else options.device), options.tta)
         self.config = model.config
-
-    def predict_logits(self, volume: np.ndarray, spacing, timings: dict[str, float],
-                       clamp_hu: bool = False) -> tuple[torch.Tensor, Preprocessed]:
-        """The whole model-resolution logit map at once (tests and benchmarks compare `segment`,
-        which never holds it, against this)."""
-        timer = Timer(timings)
-        device = self.options.device
-        with timer("preprocess"):
-            pre = preprocess(volume, spacing, self.config, device=device, clamp_hu=clamp_hu,
-                             resampling=self.options.resampling)
-        with timer("network"):
-            logits = predict_sliding_window(self.model, pre.data, self.config.patch_size, self.config.num_classes,
-                                            step_size=self.options.step_size, precision=self.options.precision)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        return logits, pre
+        network = model.networks[0]
+        self.cost = NetworkCost(UNetShape.of(network), weight_bytes(network) * len(model.networks),
+                                sum(p.numel() for p in network.parameters()) * len(model.networks))
 
     def export_nearest_axes(self, pre: Preprocessed) -> tuple[bool, ...]:
         """Axes the logits return along by nearest neighbour: with resampling "nnunet", nnU-Net's
         thick axis of an anisotropic scan (its order_z 0); none otherwise."""
         if self.options.resampling != "nnunet":
             return NO_NEAREST_AXES
-        return nearest_axes(self.config.spacing, pre.spacing_before_resampling, self.config.probability_resampling)
+        settings = self.config.probability_resampling
+        return nearest_axes(self.config.spacing, pre.spacing_before_resampling, settings.order_z,
+                            settings.force_separate_z)
+
+    def memory_plan(self, network_input_shape) -> MemoryPlan:
+        """Tile size and accumulator placement for a network input of (Z, Y, X) at model spacing."""
+        return plan_tiles(self.cost, self.config.patch_size, self.config.num_classes, network_input_shape,
+                          self.options.precision, self.budget_mb, stride_divisors(self.cost.unet))
 
     def segment(self, volume: np.ndarray, spacing, timings: dict[str, float], clamp_hu: bool = False) -> np.ndarray:
         """Labels (uint8, label values of the model's dataset.json) on the grid of `volume`.
 
-        Logits stream from the sliding window into the export z-slab by z-slab, on the CPU and on
-        the GPU alike, so memory holds a patch-deep slab of the logit map instead of all of it,
-        whatever the scan's length (the whole 14-class map of a 512x512x1000 CT is 3.7 GB; the
-        slab of the paper's organ model 0.35 GB). Labels equal the whole-map path's up to float
-        rounding (SlabExport).
+        Logits stream from the sliding window into the export z-slab by z-slab, so memory holds a
+        patch-deep slab of the logit map instead of all of it, whatever the scan's length (the
+        whole 14-class map of a 512x512x1000 CT is 3.7 GB). Labels equal the whole-map path's up
+        to float rounding (SlabExport). A GPU that runs out of memory all the same retries with
+        the logits in host RAM and tiles half as deep (reported in the ledger's fallbacks).
         """
-        if self.options.device.type == "cpu":
-            return self._segment_by_slabs(volume, spacing, timings, clamp_hu)
-        try:
-            return self._segment_by_slabs(volume, spacing, timings, clamp_hu)
-        except torch.OutOfMemoryError:
-            log.warning("GPU out of memory; this scan's logits accumulate in host RAM instead")
-            torch.cuda.empty_cache()
-            return self._segment_by_slabs(volume, spacing, timings, clamp_hu, accumulate_device=torch.device("cpu"))
+        ledger, timer = active_ledger(), Timer(timings)
+        with ledger.stage(self.config.name), self._weights_on_device():
+            with timer("preprocess"):
+                host = self.budget_mb is not None or self.options.device.type == "cpu"
+                pre = preprocess(volume, spacing, self.config, device="cpu" if host else self.options.device,
+                                 clamp_hu=clamp_hu, resampling=self.options.resampling,
+                                 spline_device=self.options.device)
+            plan = self.memory_plan(pre.data.shape[1:])
+            for note in plan.describe(self.config.patch_size):
+                log.info("%s: %s", self.config.name, note)
+                ledger.events.append(f"{self.config.name}: {note}")
+            if not _retries_out_of_memory(self.options.device):
+                return self._segment_planned(pre, plan, timer)
+            try:
+                return self._segment_planned(pre, plan, timer)
+            except torch.OutOfMemoryError:
+                fallback = _fallback_plan(plan, self.config.patch_size, stride_divisors(self.cost.unet))
+                notes = "; ".join(fallback.describe(self.config.patch_size))
+                message = f"{self.config.name}: GPU out of memory; retried with {notes}"
+                log.warning("%s", message)
+                ledger.events.append(message)
+                torch.cuda.empty_cache()
+                return self._segment_planned(pre, fallback, timer)
 
-    def _segment_by_slabs(self, volume: np.ndarray, spacing, timings: dict[str, float], clamp_hu: bool,
-                          accumulate_device: torch.device | None = None) -> np.ndarray:
-        timer = Timer(timings)
-        with timer("preprocess"):
-            pre = preprocess(volume, spacing, self.config, device=self.options.device, clamp_hu=clamp_hu,
-                             resampling=self.options.resampling)
-        exporter = SlabExport(pre, pre.data.shape[1:], self.options.export, self.export_nearest_axes(pre))
-        slabs = sliding_window_slabs(self.model, pre.data, self.config.patch_size, self.config.num_classes,
-                                     step_size=self.options.step_size, precision=self.options.precision,
-                                     accumulate_device=accumulate_device)
+    def _segment_planned(self, pre: Preprocessed, plan: MemoryPlan, timer: "Timer") -> np.ndarray:
+        ledger, options = active_ledger(), self.options
+        placement = Placement(options.device, plan.accumulate_on_device,
+                              self.cost.forward(plan.tile, precision_bytes(options.precision))
+                              + (self.cost.parameters * 2 if options.precision != "fp32" else 0),
+                              precision_bytes(options.precision))
+        exporter = SlabExport(pre, pre.data.shape[1:], options.export, self.export_nearest_axes(pre),
+                              working_bytes=plan.export_bytes if self.budget_mb else None)
+        slabs = sliding_window_slabs(self.model, pre.data, plan.tile, self.config.num_classes,
+                                     step_size=options.step_size, precision=options.precision, placement=placement)
         while True:
-            with timer("network"):
+            with timer("network"), ledger.stage("network"):
                 item = next(slabs, None)
             if item is None:
                 break
-            with timer("export"):
+            with timer("export"), ledger.stage("export"):
+                if plan.accumulate_on_device:
+                    ledger.transient(2 * (exporter.held_bytes() + item[1].numel() * 4) + plan.export_bytes)
                 exporter.add(*item)
             del item
         with timer("export"):
             return exporter.labels(self.config.transpose_backward, self.config.label_values)
+
+    @contextlib.contextmanager
+    def _weights_on_device(self):
+        """With a budget the weights visit the device while this model runs; without one they live there."""
+        if not self.budget_mb:
+            yield
+            return
+        with active_ledger().holding(self.cost.weights):
+            self.model.to(self.options.device)
+            try:
+                yield
+            finally:
+                self.model.to(torch.device("cpu"))
+
+
+def _retries_out_of_memory(device: torch.device) -> bool:
+    """Only a GPU gets a second plan after running out of memory (host RAM has no budget)."""
+    return device.type == "cuda"
+
+
+def _fallback_plan(plan: MemoryPlan, patch, divisors) -> MemoryPlan:
+    """After an out-of-memory error: logits in host RAM and tiles half as deep, in steps the
+    network's strides allow (never under a quarter of the patch)."""
+    step = max(int(divisors[0]), 1)
+    depth = max(plan.tile[0] // 2 // step * step, int(patch[0]) // 4 // step * step, step)
+    return replace(plan, tile=(depth, *plan.tile[1:]), accumulate_on_device=False, within_budget=False)

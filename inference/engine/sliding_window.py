@@ -1,22 +1,30 @@
 """Sliding-window prediction with Gaussian importance weighting (nnU-Net v2 semantics).
 
-`predict_sliding_window` takes any callable as the network (MONAI's lesson): tests drive it with
+`sliding_window_slabs` takes any callable as the network (MONAI's lesson): tests drive it with
 identity and affine "networks" and demand exact results. Tile positions, the Gaussian and the
-padding follow nnU-Net v2 exactly so that our logits match its predictor's.
+padding follow nnU-Net v2 exactly so that our logits match its predictor's. The whole-map
+reference it is tested against lives in tests/reference_sliding_window.py.
+
+Memory: the network input stays where it is (host RAM in the engine) and each tile travels to
+the compute device on its own; the logits of one patch-deep slab accumulate on the device (or in
+host RAM, `Placement.accumulate_on_device=False`), so the device holds a tile, its activations
+and one slab whatever the scan's length. Every device buffer is reported to the active
+`device_memory` ledger.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 
 from inference.core.choices import PRECISIONS
+from inference.engine.device_memory import active_ledger
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +45,32 @@ def compute_steps(image_size, patch_size, step_size: float) -> list[list[int]]:
 
 @lru_cache(maxsize=4)
 def _gaussian_numpy(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarray:
-    impulse = np.zeros(patch_size)
-    impulse[tuple(p // 2 for p in patch_size)] = 1
-    gaussian = gaussian_filter(impulse, [p * sigma_scale for p in patch_size], 0, mode="constant", cval=0)
+    """nnU-Net's `compute_gaussian`: scipy's gaussian_filter of a centred impulse (mode constant,
+    truncate 4), written as the product of scipy's 1D kernels it equals bit for bit (each pass
+    multiplies one non-zero sample), so the hot path does not import scipy.ndimage."""
+    gaussian = np.ones((1,) * len(patch_size))
+    for axis, size in enumerate(patch_size):
+        shape = [1] * len(patch_size)
+        shape[axis] = size
+        gaussian = _kernel_at_impulse(size, size * sigma_scale).reshape(shape) * gaussian
     gaussian /= gaussian.max() / 10  # nnU-Net's value_scaling_factor
     # zeros at the border would divide by zero where only one tile covers a voxel
     gaussian[gaussian == 0] = gaussian[gaussian != 0].min()
     return gaussian.astype(np.float32)
+
+
+def _kernel_at_impulse(size: int, sigma: float) -> np.ndarray:
+    """scipy.ndimage's order-0 Gaussian kernel (radius int(4 sigma + 0.5)) centred on index
+    size // 2 of an axis of `size` samples, zero beyond the kernel's reach."""
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 / (float(sigma) * float(sigma)) * x ** 2)
+    kernel = kernel / kernel.sum()
+    offsets = np.arange(size) - size // 2
+    inside = np.abs(offsets) <= radius
+    values = np.zeros(size)
+    values[inside] = kernel[offsets[inside] + radius]
+    return values
 
 
 def gaussian_importance_map(patch_size, sigma_scale: float = 1 / 8, device="cpu") -> torch.Tensor:
@@ -82,76 +109,81 @@ def _tile_slices(steps: list[list[int]], patch_size) -> list[tuple[slice, ...]]:
     return [tuple(slice(int(s), int(s) + p) for s, p in zip(start, patch_size)) for start in starts]
 
 
-@torch.inference_mode()
-def predict_sliding_window(network: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
-                           patch_size, num_classes: int, *, step_size: float = 0.5,
-                           precision: str = "fp32", accumulate_dtype: torch.dtype = torch.float32,
-                           accumulate_device: torch.device | str | None = None,
-                           use_gaussian: bool = True) -> torch.Tensor:
-    """Logits (num_classes, Z, Y, X) for a (C, Z, Y, X) volume.
+@dataclass(frozen=True)
+class Placement:
+    """Where the sliding window works. `compute`: the network's device (None: the volume's);
+    `accumulate_on_device=False`: the logit slab accumulates in host RAM (a GPU short of memory);
+    `forward_bytes`: the activation peak of one tile's forward pass, for the ledger."""
+    compute: torch.device | None = None
+    accumulate_on_device: bool = True
+    forward_bytes: int = 0
+    element_bytes: int = 4  # of the network's output under the device's precision (fp16: 2)
 
-    The network runs on `volume.device`; logits are accumulated on `accumulate_device` (default: the
-    same device), so a GPU run that lacks memory for the full logit map can keep it in host RAM.
-    """
-    compute_device = volume.device
-    accumulate_device = torch.device(accumulate_device) if accumulate_device is not None else compute_device
-    padded, unpad = pad_to_patch(volume, patch_size)
-    spatial = tuple(padded.shape[1:])
-    logits = torch.zeros((num_classes, *spatial), dtype=accumulate_dtype, device=accumulate_device)
-    weights = torch.zeros(spatial, dtype=torch.float32, device=accumulate_device)
-    gaussian = (gaussian_importance_map(patch_size, device=compute_device) if use_gaussian
-                else torch.ones(tuple(patch_size), device=compute_device))
-    gaussian_acc = gaussian.to(accumulate_device)
-    tiles = _tile_slices(compute_steps(spatial, patch_size, step_size), patch_size)
-    with autocast_context(compute_device, precision):
-        for tile in tiles:
-            prediction = network(padded[(slice(None), *tile)][None])[0]
-            weighted = (prediction.float() * gaussian).to(accumulate_device, accumulate_dtype)
-            logits[(slice(None), *tile)] += weighted
-            weights[tile] += gaussian_acc
-    logits /= weights.to(accumulate_dtype)
-    return logits[(slice(None), *unpad)]
+    def devices(self, volume: torch.Tensor) -> tuple[torch.device, torch.device]:
+        compute = torch.device(self.compute) if self.compute is not None else volume.device
+        return compute, compute if self.accumulate_on_device else torch.device("cpu")
 
 
 @torch.inference_mode()
 def sliding_window_slabs(network: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
                          patch_size, num_classes: int, *, step_size: float = 0.5, precision: str = "fp32",
-                         accumulate_device: torch.device | str | None = None,
+                         placement: Placement = Placement(),
                          use_gaussian: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
-    """`predict_sliding_window`'s logits, yielded as finished z-slabs: (z0, logits[:, z0:z1]) in order.
+    """Logits (num_classes, Z, Y, X) of a (C, Z, Y, X) volume, yielded as finished z-slabs:
+    (z0, logits[:, z0:z1]) in order, on the accumulating device.
 
-    Tiles run in the same z-major order and every voxel receives the same additions and the same
-    division, so the concatenated slabs equal `predict_sliding_window`'s float32 result bit for
-    bit. Tile starts only grow along z, so rows above the next tile's start are final: they are
-    normalised and handed out, and only a patch-deep accumulator is ever held. Memory is therefore
-    the same for 100 or 10000 slices (the full map of a 512x512x1000 CT is 3.7 GB for 14 classes).
-    Autocast wraps the network call alone: it must not leak into the consumer while we are suspended.
-    `accumulate_device` (default: the volume's) holds the accumulator and receives the slabs: host
-    RAM for a GPU run that has no room for it (the values are the same).
+    Tiles run in z-major order; tile starts only grow along z, so rows above the next tile's start
+    are final: they are normalised and handed out, and only a patch-deep accumulator is ever held.
+    Every voxel receives the same additions and the same division as in a whole-map accumulation
+    (tests/reference_sliding_window.py), so the slabs equal it bit for bit. Memory is the same for
+    100 or 10000 slices. Autocast wraps the network call alone: it must not leak into the consumer
+    while we are suspended.
     """
-    compute_device = volume.device
-    accumulate_device = torch.device(accumulate_device) if accumulate_device is not None else compute_device
+    compute, accumulate = placement.devices(volume)
+    ledger = active_ledger()
     padded, unpad = pad_to_patch(volume, patch_size)
     spatial = tuple(padded.shape[1:])
     depth = int(patch_size[0])
-    accumulator = torch.zeros((num_classes, depth, *spatial[1:]), dtype=torch.float32, device=accumulate_device)
-    weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=accumulate_device)
-    gaussian = (gaussian_importance_map(patch_size, device=accumulate_device) if use_gaussian
-                else torch.ones(tuple(patch_size), device=accumulate_device))
+    accumulator = torch.zeros((num_classes, depth, *spatial[1:]), dtype=torch.float32, device=accumulate)
+    weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=accumulate)
+    gaussian = (gaussian_importance_map(patch_size, device=accumulate) if use_gaussian
+                else torch.ones(tuple(patch_size), device=accumulate))
+    held = ledger.hold(_nbytes(accumulator, weights, gaussian)) if placement.accumulate_on_device else None
     origin = 0  # padded z index of the accumulator's first row
-    for tile in _tile_slices(compute_steps(spatial, patch_size, step_size), patch_size):
-        start = tile[0].start
-        if start > origin:
-            yield from _unpadded(origin, accumulator[:, :start - origin] / weights[:start - origin], unpad)
-            _shift_rows(accumulator, 1, start - origin)
-            _shift_rows(weights, 0, start - origin)
-            origin = start
-        with autocast_context(compute_device, precision):
-            prediction = network(padded[(slice(None), *tile)][None])[0]
-        local = (slice(0, depth), *tile[1:])
-        accumulator[(slice(None), *local)] += prediction.float().to(accumulate_device) * gaussian
-        weights[local] += gaussian
-    yield from _unpadded(origin, accumulator[:, :spatial[0] - origin] / weights[:spatial[0] - origin], unpad)
+    try:
+        for tile in _tile_slices(compute_steps(spatial, patch_size, step_size), patch_size):
+            start = tile[0].start
+            if start > origin:
+                yield from _unpadded(origin, accumulator[:, :start - origin] / weights[:start - origin], unpad)
+                _shift_rows(accumulator, 1, start - origin)
+                _shift_rows(weights, 0, start - origin)
+                origin = start
+            prediction = _run_tile(network, padded[(slice(None), *tile)][None], compute, precision, placement)
+            local = (slice(0, depth), *tile[1:])
+            accumulator[(slice(None), *local)] += prediction.to(accumulate).float() * gaussian
+            weights[local] += gaussian
+            del prediction
+        yield from _unpadded(origin, accumulator[:, :spatial[0] - origin] / weights[:spatial[0] - origin], unpad)
+    finally:
+        ledger.release(held)
+
+
+def _run_tile(network, tile: torch.Tensor, compute: torch.device, precision: str, placement: Placement) -> torch.Tensor:
+    """One tile through the network on `compute`; the ledger sees the tile, the forward's
+    activations and, when the accumulator is on the device, the float copy and the weighted one."""
+    ledger = active_ledger()
+    tile = tile.to(compute, non_blocking=True)
+    with ledger.holding(tile.numel() * 4):
+        ledger.transient(placement.forward_bytes)
+        with autocast_context(compute, precision):
+            prediction = network(tile)[0]
+        extra = 2 * prediction.numel() * 4 if placement.accumulate_on_device else 0
+        ledger.transient(prediction.numel() * placement.element_bytes + extra)
+    return prediction
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _shift_rows(buffer: torch.Tensor, dim: int, count: int) -> None:
