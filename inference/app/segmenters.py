@@ -39,7 +39,7 @@ def build_segmenter(model_path, options: EngineOptions, case_time_budget_s: floa
     if (model_path / "plans.json").is_file():
         # a plain nnU-Net folder records no bf16-vs-fp32 agreement: "auto" takes bf16 on capable CPUs
         model_options, choice = with_resolved_precision(options, None, str(model_path))
-        runner = ModelRunner(load_model(model_path, device=options.device), model_options)
+        runner = ModelRunner(load_model(model_path), model_options)
         return SingleModelSegmenter(runner, {model_path.resolve().name: choice})
     raise ModelError(f"{model_path}: neither a cascade folder ({model_path}/cascade.json) nor an nnU-Net "
                      "model folder (plans.json)")

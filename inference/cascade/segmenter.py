@@ -313,7 +313,7 @@ class CascadeSegmenter:
         return stage_options
 
     def _load(self, folder) -> StageFn:
-        model = load_model(folder, device=self.options.device)
+        model = load_model(folder)  # ModelRunner places the weights (host RAM under a budget)
         return functools.partial(ModelRunner(model, self._stage_options[folder]).segment, clamp_hu=True)
 
     def segment(self, volume: np.ndarray, geometry: Geometry, timings: dict[str, float]) -> np.ndarray:
