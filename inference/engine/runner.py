@@ -158,12 +158,13 @@ class ModelRunner:
                 return self._segment_planned(pre, plan, timer)
             except torch.OutOfMemoryError:
                 fallback = _fallback_plan(plan, self.config.patch_size, stride_divisors(self.cost.unet))
-                notes = "; ".join(fallback.describe(self.config.patch_size))
-                message = f"{self.config.name}: GPU out of memory; retried with {notes}"
+                message = (f"{self.config.name}: GPU out of memory; retried with "
+                           f"{'; '.join(fallback.describe(self.config.patch_size))}")
                 log.warning("%s", message)
                 ledger.events.append(message)
-                torch.cuda.empty_cache()
-                return self._segment_planned(pre, fallback, timer)
+            # retried outside the handler: its traceback would keep the failed attempt's buffers alive
+            torch.cuda.empty_cache()
+            return self._segment_planned(pre, fallback, timer)
 
     def _segment_planned(self, pre: Preprocessed, plan: MemoryPlan, timer: "Timer") -> np.ndarray:
         ledger, options = active_ledger(), self.options
