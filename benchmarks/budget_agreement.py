@@ -12,6 +12,7 @@ patch as the engine always did. `--model paper` builds random-weight networks of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -22,13 +23,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 
-def segment(model: Path, options, phantom) -> tuple[np.ndarray, dict]:
+def segment(model: Path, options, image: np.ndarray, geometry) -> tuple[np.ndarray, dict]:
     from inference.app.segmenters import build_segmenter
     from inference.engine.device_memory import recording
     segmenter = build_segmenter(model, options)
     started = time.perf_counter()
     with recording() as ledger:
-        labels = segmenter.segment(phantom.image.astype(np.float32), phantom.geometry, {})
+        labels = segmenter.segment(image, geometry, {})
     return labels, {"seconds": round(time.perf_counter() - started, 1), **ledger.as_dict()}
 
 
@@ -42,16 +43,23 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MB)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--crop-plane", type=int, default=None, metavar="N",
+                        help="keep the central NxN of every slice (a cheaper case with the same depth)")
     parser.add_argument("--json", type=Path, default=REPO / "out" / "budget_agreement.json")
     args = parser.parse_args(argv)
     model = write_paper_cascade(REPO / "out" / "paper_weights") if args.model == "paper" else Path(args.model)
     phantom = make_phantom(300, shape=(args.slices, 512, 512), spacing=(2.5, 0.8, 0.8), phase="arterial",
                            fov="random", direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
-    unbounded, first = segment(model, EngineOptions(precision=args.precision), phantom)
+    image, geometry = phantom.image.astype(np.float32), phantom.geometry
+    if args.crop_plane:
+        start = [(n - args.crop_plane) // 2 for n in image.shape[1:]]
+        image = np.ascontiguousarray(image[:, start[0]:start[0] + args.crop_plane, start[1]:start[1] + args.crop_plane])
+        geometry = dataclasses.replace(geometry, shape=image.shape)
+    unbounded, first = segment(model, EngineOptions(precision=args.precision), image, geometry)
     bounded, second = segment(model, EngineOptions(precision=args.precision, gpu_memory_budget_mb=args.budget),
-                              phantom)
+                              image, geometry)
     foreground = (unbounded > 0) | (bounded > 0)
-    result = {"model": str(args.model), "slices": args.slices, "precision": args.precision, "budget_mb": args.budget,
+    result = {"model": str(args.model), "shape": list(image.shape), "precision": args.precision, "budget_mb": args.budget,
               "voxel_agreement": float(np.mean(bounded == unbounded)),
               "foreground_agreement": float(np.mean((bounded == unbounded)[foreground])) if foreground.any() else 1.0,
               "foreground_share": float(np.mean(foreground)), "unbounded": first, "bounded": second}
