@@ -1,4 +1,4 @@
-"""GPU check, prepared to finish within about 5 minutes on one lent GPU (see benchmarks/gpu_check.sh).
+"""GPU check, prepared to finish within about 4 minutes on one GPU machine (see benchmarks/gpu_check.sh).
 
 1. Correctness on small cases (run last): the CUDA path (fp32 and fp16) gives the labels of the CPU
    path (the CuPy paths are checked by the GPU-only tests that gpu_check.sh runs).

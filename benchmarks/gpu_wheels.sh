@@ -1,5 +1,5 @@
 #!/bin/bash
-# Prepare .whl/ for benchmarks/gpu_session.sh on the lent GPU machine (device tool): that machine
+# Prepare .whl/ for benchmarks/gpu_session.sh on a GPU machine without network: that machine
 # has CUDA, torch, cupy, scipy, pytest and nvidia-ml-py but no network and none of the packages
 # below. Run here (with network), from the repository root:  bash benchmarks/gpu_wheels.sh
 # Then call the device with carry [".whl"]. What travels is limited to 64 MiB, so SimpleITK (a 53 MB

@@ -12,7 +12,8 @@ from inference.engine.device_memory import (MB, DeviceLedger, NetworkCost, UNetS
                                      stride_divisors, weight_bytes)
 from inference.engine.runner import EngineOptions, ModelRunner
 from inference.engine.model import build_network, load_model
-from inference.engine.sliding_window import Placement, sliding_window_slabs
+from inference.engine.lean_forward import lean_forward
+from inference.engine.sliding_window import Placement, autocast_context, sliding_window_slabs
 from tests.factories import make_model_folder
 from training.model_folders import architecture, paper_architecture
 
@@ -63,17 +64,28 @@ class AllocationTracker(TorchDispatchMode):
     (paper_architecture((56, 112, 176), (2.5, 0.8, 0.8), features=(32, 64, 128, 256, 320)), (56, 112, 176)),
     (architecture((4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2))), (8, 20, 24)),
 ])
-def test_forward_model_equals_the_tensors_a_forward_pass_allocates(arch, tile):
+@pytest.mark.parametrize("lean", [False, True])
+def test_forward_model_equals_the_tensors_a_forward_pass_allocates(arch, tile, lean):
     """The analytic activation model (without cuDNN's workspace) against a tracked forward pass
-    of the same network in fp16 on the meta device: equal to the byte."""
+    of the same network in fp16 on the meta device, the architecture's own forward and
+    `lean_forward`: equal to the byte."""
     with torch.device("meta"):
         network = build_network(arch, 1, 14).half().eval()
     batch = torch.zeros((1, 1, *tile), device="meta", dtype=torch.float16)
     tracker = AllocationTracker()
     with torch.inference_mode(), tracker:
-        del_me = network(batch)
-        del del_me
-    assert forward_bytes(UNetShape.of(network), tile, 2, workspace_maps=0) == tracker.peak
+        output = lean_forward(network, batch) if lean else network(batch)
+        del output
+    assert forward_bytes(UNetShape.of(network), tile, 2, workspace_maps=0, lean=lean) == tracker.peak
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lean_forward_gives_the_networks_logits_bit_for_bit(precision):
+    torch.manual_seed(0)
+    network = build_network(architecture((4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2))), 1, 5).eval()
+    batch = torch.randn(1, 1, 8, 20, 24)
+    with torch.inference_mode(), autocast_context(torch.device("cpu"), precision):
+        assert torch.equal(lean_forward(network, batch), network(batch))
 
 
 def test_sliding_window_reports_its_device_buffers_to_the_byte():
@@ -105,6 +117,13 @@ def test_plans_fit_the_budget_whatever_the_scan(shape):
     assert all(t % d == 0 for t, d in zip(plan.tile, stride_divisors(cost.unet)))
     long = plan_tiles(cost, (96, 160, 160), 14, (shape[0] * 10, *shape[1:]), "fp16", 1200, stride_divisors(cost.unet))
     assert long == plan  # the scan's length changes nothing on the device
+
+
+def test_the_default_budget_keeps_the_paper_organ_patch_with_logits_in_host_ram():
+    """The lean forward pass lets the trained patch fit; the accumulator moves, the tiles do not."""
+    cost = _paper_cost()
+    plan = plan_tiles(cost, (96, 160, 160), 14, (300, 256, 256), "fp16", 1200, stride_divisors(cost.unet))
+    assert plan.tile == (96, 160, 160) and not plan.accumulate_on_device
 
 
 def test_without_a_budget_the_trained_patch_runs_on_the_device():

@@ -133,6 +133,7 @@ class UNetShape:
     strides: tuple[tuple[int, ...], ...]
     decoder_convs: tuple[int, ...]  # per decoder stage, deepest first
     classes: int
+    lean: bool = False  # runs `lean_forward.lean_forward` (feature maps dropped as soon as read)
 
     @classmethod
     def of(cls, network) -> "UNetShape | None":
@@ -140,32 +141,46 @@ class UNetShape:
         encoder, decoder = getattr(network, "encoder", None), getattr(network, "decoder", None)
         if encoder is None or decoder is None or not hasattr(encoder, "output_channels"):
             return None
+        from inference.engine.lean_forward import is_lean
         convs = tuple(len(getattr(stage, "convs", stage)) for stage in decoder.stages)
         return cls(tuple(int(c) for c in encoder.output_channels),
                    tuple(tuple(int(s) for s in stride) for stride in encoder.strides), convs,
-                   int(decoder.seg_layers[-1].out_channels))
+                   int(decoder.seg_layers[-1].out_channels), is_lean(network))
 
 
 def forward_bytes(unet: UNetShape, tile: Sequence[int], element_bytes: int = 2,
-                  workspace_maps: float = CONV_WORKSPACE_MAPS) -> int:
-    """Peak bytes of one inference forward pass above its input (module docstring)."""
+                  workspace_maps: float = CONV_WORKSPACE_MAPS, lean: bool | None = None) -> int:
+    """Peak bytes of one inference forward pass above its input (module docstring); `lean`
+    (default: the network's own) counts `lean_forward` instead of the architecture's forward."""
     voxels, size = [], np.asarray(tile, dtype=np.int64)
     for stride in unet.strides:
         size = size // np.asarray(stride)
         voxels.append(int(np.prod(size)))
     maps = [c * v for c, v in zip(unet.channels, voxels)]  # elements of each stage's output
-    peak = 0
-    for s in range(len(maps)):  # encoder: skips so far + block input, conv and norm outputs
-        peak = max(peak, sum(maps[:s]) + 3 * maps[s])
-    skips = sum(maps)
-    for depth, convs in enumerate(unet.decoder_convs):  # deepest decoder stage first
+    lean = unet.lean if lean is None else lean
+    peak = _lean_peak(maps) if lean else _plain_peak(maps, unet.decoder_convs)
+    peak = max(peak, maps[0] + unet.classes * voxels[0] + (0 if lean else sum(maps)))  # segmentation layer
+    return int((peak + workspace_maps * max(maps)) * element_bytes)
+
+
+def _plain_peak(maps: list[int], decoder_convs) -> int:
+    """dynamic-network-architectures' forward: every skip held to the end, block inputs held."""
+    peak = max(sum(maps[:s]) + 3 * maps[s] for s in range(len(maps)))  # skips so far + block in/conv/norm
+    for depth, convs in enumerate(decoder_convs):  # deepest decoder stage first
         s = len(maps) - 2 - depth
-        lres = maps[s + 1]
         working = 2 * maps[s] + (3 if convs > 1 else 2) * maps[s]  # concatenation + inside a block
-        peak = max(peak, skips + lres + working)
-    peak = max(peak, maps[0] + unet.classes * voxels[0] + skips)  # the segmentation layer
-    workspace = workspace_maps * max(maps)
-    return int((peak + workspace) * element_bytes)
+        peak = max(peak, sum(maps) + maps[s + 1] + working)
+    return peak
+
+
+def _lean_peak(maps: list[int]) -> int:
+    """`lean_forward`: a skip leaves with its concatenation, a block's input with its first op."""
+    peak = max(sum(maps[:s]) + 2 * maps[s] for s in range(len(maps)))  # encoder: conv + norm outputs
+    for s in range(len(maps) - 2, -1, -1):
+        upsampling = sum(maps[:s + 1]) + maps[s + 1] + maps[s]  # waiting skips, lower input, upsampled
+        joining = sum(maps[:s]) + 4 * maps[s]  # skip + upsampled + their concatenation
+        peak = max(peak, upsampling, joining)
+    return peak
 
 
 def weight_bytes(network) -> int:
@@ -236,8 +251,9 @@ def plan_tiles(cost: NetworkCost, patch, classes: int, shape, precision: str, bu
                divisors: Sequence[int] | None = None) -> MemoryPlan:
     """The largest tile (the trained patch, then shallower along z in steps the network can take,
     then smaller in-plane, never under half the patch) whose predicted device bytes fit
-    `budget_mb`, accumulating on the device if it fits there, else in host RAM. Without a budget
-    the trained patch on the device (the path before budgets)."""
+    `budget_mb`, accumulating on the device if it fits there, else in host RAM: a smaller tile
+    changes the labels (instance normalisation sees other statistics: BENCHMARKS.md), host
+    accumulation does not. Without a budget the trained patch on the device (the path before budgets)."""
     element = precision_bytes(precision)
     patch = tuple(int(p) for p in patch)
     plane = tuple(max(int(s), int(p)) for s, p in zip(shape[1:], patch[1:]))
@@ -247,8 +263,8 @@ def plan_tiles(cost: NetworkCost, patch, classes: int, shape, precision: str, bu
     divisors = tuple(divisors or (1, 1, 1))
     candidates = _tile_candidates(patch, divisors)
     budget = budget_mb * MB
-    for on_device in (True, False):
-        for tile in candidates:
+    for tile in candidates:  # the tile decides the labels, the accumulator's place only the time
+        for on_device in (True, False):
             total = tile_bytes(cost, tile, classes, plane, element, on_device, DEVICE_EXPORT_BYTES)
             if total <= budget:
                 return MemoryPlan(tile, on_device, DEVICE_EXPORT_BYTES, total, True)

@@ -13,6 +13,7 @@ from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISION_CHOICES, P
 from inference.engine.device_memory import (DEFAULT_BUDGET_MB, MemoryPlan, NetworkCost, UNetShape, active_ledger,
                                      plan_tiles, precision_bytes, stride_divisors, weight_bytes)
 from inference.engine.logits_to_labels import NO_NEAREST_AXES, SlabExport
+from inference.engine.lean_forward import LeanModel
 from inference.engine.mirroring import maybe_mirrored
 from inference.engine.model import LoadedModel
 from inference.resampling.nnunet import nearest_axes
@@ -112,7 +113,9 @@ class ModelRunner:
                              "(inference.engine.precision.resolve_precision)")
         self.options = options
         self.budget_mb = options.memory_budget_mb
-        self.model = maybe_mirrored(model.to(torch.device("cpu") if self.budget_mb else options.device), options.tta)
+        # lean_forward: the same logits bit for bit with a third fewer feature maps held at once
+        self.model = maybe_mirrored(LeanModel(model.to(torch.device("cpu") if self.budget_mb else options.device)),
+                                    options.tta)
         self.config = model.config
         network = model.networks[0]
         self.cost = NetworkCost(UNetShape.of(network), weight_bytes(network) * len(model.networks),
