@@ -124,13 +124,15 @@ def organ_paths(segmenter, case, options, probe) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         patch = torch.zeros((1, 1, *tile), device="cuda")
-        before = torch.cuda.memory_allocated()
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
-            runner.model(patch)
-        torch.cuda.synchronize()
-        result["forward"]["x".join(map(str, tile))] = {
-            "measured_mb": _mb(torch.cuda.max_memory_allocated() - before),
-            "ledger_mb": round(forward_bytes(runner.cost.unet, tile, 2) / MB)}
+        entry = result["forward"].setdefault("x".join(map(str, tile)), {})
+        for name, network in (("plain", runner.model.networks[0]), ("lean", runner.model)):
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+                network(patch)
+            torch.cuda.synchronize()
+            entry[f"{name}_measured_mb"] = _mb(torch.cuda.max_memory_allocated() - before)
+            entry[f"{name}_ledger_mb"] = round(forward_bytes(runner.cost.unet, tile, 2, lean=name == "lean") / MB)
         del patch
     runner.model.to(torch.device("cpu"))
     unbounded = ModelRunner(runner.model, dataclasses.replace(options, gpu_memory_budget_mb=0))

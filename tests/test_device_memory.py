@@ -173,3 +173,13 @@ def test_cuda_path_keeps_to_its_ledger_and_agrees_with_its_cpu_twin(small_model)
         labels = gpu.segment(image, (2.5, 1.6, 1.6), {})
     assert torch.cuda.max_memory_allocated() - baseline <= 1.1 * ledger.peak + MB
     assert (labels == twin).mean() >= 0.999
+
+
+def test_lean_model_averages_folds_like_the_loaded_model(tmp_path):
+    from inference.engine.lean_forward import LeanModel
+    folder = make_model_folder(tmp_path / "two_folds", folds=("0", "1"), labels={"background": 0, "a": 1})
+    model = load_model(folder)
+    batch = torch.randn(1, 1, 16, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(LeanModel(model)(batch), model(batch))
+    assert LeanModel(model).config is model.config

@@ -50,6 +50,14 @@ def _budget_mb(text: str) -> float:
     return value
 
 
+def _add_memory_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu-memory-budget", type=_budget_mb, default=None, metavar="MB",
+                        help="tensors the engine may keep on the GPU: tiles, accumulator and export are planned to "
+                             "fit, with host-RAM fallbacks reported in the run report (default 1200 on CUDA; 0: no "
+                             "budget, the trained patch with weights resident; on a CPU run it makes the CPU follow "
+                             "the GPU's plan and predict its memory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from inference.core.choices import (DEFAULT_PRECISION, DEFAULT_RESAMPLING, DEVICES, EXPORT_METHODS,
                                         PRECISION_CHOICES, QA_MODES, RESAMPLINGS)
@@ -75,11 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "nearest along the thick axis), labels that match nnU-Net's predictor; fast: area down / "
                              "linear up, logits back linearly: no third-order spline, but labels that agree less with "
                              "nnU-Net's (BENCHMARKS.md, \"Engine vs nnU-Net's predictor (CPU)\")")
-    parser.add_argument("--gpu-memory-budget", type=_budget_mb, default=None, metavar="MB",
-                        help="tensors the engine may keep on the GPU: tiles, accumulator and export are planned to "
-                             "fit, with host-RAM fallbacks reported in the run report (default 1200 on CUDA; 0: no "
-                             "budget, the trained patch with weights resident; on a CPU run it makes the CPU follow "
-                             "the GPU's plan and predict its memory)")
+    _add_memory_budget(parser)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--report", type=Path, default=None,
                         help="JSON run report (default: OUTPUT/run_report.json; '-' disables)")

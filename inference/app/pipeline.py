@@ -102,22 +102,6 @@ def segment_canonical(segmenter: Segmenter, volume: np.ndarray, geometry: Geomet
     return restore(segmenter.segment(view, canonical, timings))
 
 
-def _segment_case(segmenter: Segmenter, volume: np.ndarray, geometry: Geometry, report: CaseReport,
-                  canonical_orientation: bool) -> np.ndarray:
-    """Labels of one case; the report gets its orientation and the device-memory ledger's account."""
-    with recording() as ledger:
-        if canonical_orientation:
-            axis_map = closest_axis_map(geometry.direction)
-            report.orientation = None if axis_map.is_identity else axis_map.as_dict()
-            labels = segment_canonical(segmenter, volume, geometry, report.seconds)
-        else:
-            labels = segmenter.segment(volume, geometry, report.seconds)
-    if ledger.peak:
-        report.device_memory = ledger.as_dict()
-        report.predicted_gpu_mb = report.device_memory["predicted_peak_mb"]
-    return labels
-
-
 def _describe(error: BaseException) -> str:
     if isinstance(error, InputError):
         return error.cause
