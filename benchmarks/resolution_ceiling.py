@@ -15,10 +15,9 @@ import SimpleITK as sitk
 import torch
 
 from evaluation.metrics import dice
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import LABEL_NAMES, ORGAN_LABELS
 from inference.resampling.fast import compute_new_shape, resample_torch
 
-ORGANS = range(1, 14)
 
 
 def ceiling(labels: np.ndarray, spacing, model_spacing) -> list[float]:
@@ -26,7 +25,7 @@ def ceiling(labels: np.ndarray, spacing, model_spacing) -> list[float]:
     onehot = torch.from_numpy(np.stack([labels == k for k in range(14)]).astype(np.float32))
     low = resample_torch(onehot, compute_new_shape(labels.shape, spacing, model_spacing))
     back = resample_torch(low, labels.shape).argmax(0).numpy()
-    return [dice(labels == k, back == k) if (labels == k).any() else float("nan") for k in ORGANS]
+    return [dice(labels == k, back == k) if (labels == k).any() else float("nan") for k in ORGAN_LABELS]
 
 
 def main(argv=None) -> int:
@@ -46,7 +45,7 @@ def main(argv=None) -> int:
         table = np.array([ceiling(labels, spacing, model_spacing) for labels, spacing in cases])
         per_organ = np.nanmean(table, axis=0)
         print(f"\nspacing {model_spacing}: mean organ Dice ceiling {np.nanmean(per_organ):.3f}")
-        for label, value in zip(ORGANS, per_organ):
+        for label, value in zip(ORGAN_LABELS, per_organ):
             print(f"  {LABEL_NAMES[label]:<22}{value:.3f}")
     return 0
 

@@ -24,7 +24,7 @@ from evaluation.lesions import LESION_COLUMNS, case_lesions, lesion_rows, summar
 from evaluation.metrics import NSD_MIN_DSC, evaluate_case
 from evaluation.results import summarize, write_csv, write_metrics_csv, write_summary_json
 from inference.io.images import Case, InputError, discover_cases, read_image
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 

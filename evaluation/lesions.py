@@ -23,7 +23,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from evaluation.metrics import TUMOR_LABEL
+from inference.core.labels import TUMOR_LABEL
 
 # volume classes of the summary (mm3): edges between "small", "medium" and "large"
 SIZE_EDGES_MM3 = (100.0, 1000.0)

@@ -20,11 +20,8 @@ import cc3d
 import numpy as np
 
 from evaluation.surface import normalized_surface_dice
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import ALL_LABELS, LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL
 
-TUMOR_LABEL = 14
-ORGAN_LABELS = tuple(range(1, 14))
-ALL_LABELS = ORGAN_LABELS + (TUMOR_LABEL,)
 # Organisers' NSD tolerances in mm per label (DESIGN section 2).
 NSD_TOLERANCE_MM: dict[int, float] = {
     1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 2.0, 6: 2.0, 7: 2.0,

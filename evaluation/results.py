@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from evaluation.metrics import ORGAN_LABELS, TUMOR_LABEL, LabelScore
-from inference.app.volumes import LABEL_NAMES
+from evaluation.metrics import LabelScore
+from inference.core.labels import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL
 from inference.io.images import write_text_atomic
 
 METRICS_COLUMNS = ("case", "label", "dsc", "nsd")

@@ -5,6 +5,6 @@ Owns the procedural anatomy, its rasterisation on any grid and the writing of im
 May import `inference.core` and `inference.io` (geometry, image writing); nothing in `inference`
 imports this package except the command line's `--demo`, lazily.
 """
-from phantom.generator import FOVS, PHASES, TUMOR_HOSTS, TUMOR_LABEL, Phantom, make_phantom, write_phantom
+from phantom.generator import FOVS, PHASES, Phantom, make_phantom, write_phantom
 
-__all__ = ["FOVS", "PHASES", "TUMOR_HOSTS", "TUMOR_LABEL", "Phantom", "make_phantom", "write_phantom"]
+__all__ = ["FOVS", "PHASES", "Phantom", "make_phantom", "write_phantom"]

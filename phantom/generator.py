@@ -48,12 +48,11 @@ import numpy as np
 from scipy import ndimage
 
 from inference.core.geometry import Geometry
+from inference.core.labels import ORGAN_LABELS, TUMOR_HOSTS, TUMOR_LABEL
 from inference.io.images import to_sitk, write_image_atomic, write_labels
 
 PHASES = ("plain", "arterial", "venous")
 FOVS = ("abdomen", "chest-abdomen", "abdomen-pelvis", "full")
-TUMOR_LABEL = 14
-TUMOR_HOSTS = (1, 2, 4, 13)  # liver, right kidney, pancreas, left kidney
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 # Nominal (unscaled, adult) z centre of each scan range; anatomy z=0 is about the renal hilum (L1-L2).
@@ -850,7 +849,7 @@ def _code_tables(an: _Anatomy, phase: str):
     texture = np.full(256, 4.0, dtype=np.float32)
     for code, value in an.hu[phase].items():
         hu[code] = value
-    for code in range(1, 14):
+    for code in ORGAN_LABELS:
         label[code] = code
     for code, lbl in _SUB_CODE_LABEL.items():
         label[code] = lbl

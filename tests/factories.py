@@ -1,2 +1,2 @@
 """Test-time model folders: see training/model_folders.py."""
-from training.model_folders import FLARE_LABELS, architecture, make_model_folder, plans  # noqa: F401
+from training.model_folders import architecture, make_model_folder, plans  # noqa: F401

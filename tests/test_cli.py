@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from inference.app.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
 from inference.core.geometry import Geometry
 from inference.io.images import to_sitk
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import LABEL_NAMES
 from tests.factories import make_model_folder
 
 LABELS = {"background": 0, "liver": 1, "spleen": 3}

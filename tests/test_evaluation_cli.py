@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from evaluation.cli import EvaluationError, evaluate_folders, main
-from evaluation.metrics import ALL_LABELS, ORGAN_LABELS, evaluate_case
+from evaluation.metrics import evaluate_case
+from inference.core.labels import ALL_LABELS, ORGAN_LABELS
 from inference.core.geometry import Geometry
 from inference.io.images import read_image, write_labels
 

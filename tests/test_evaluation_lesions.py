@@ -9,7 +9,7 @@ from evaluation.cli import main
 from evaluation.lesions import case_lesions, summarize_lesions
 from inference.core.geometry import Geometry
 from inference.io.images import write_labels
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import LABEL_NAMES
 
 SPACING = (2.0, 1.0, 0.5)  # one voxel = 1 mm3
 VOXEL_MM3 = 1.0

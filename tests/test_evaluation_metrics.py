@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from evaluation.metrics import (ALL_LABELS, NSD_TOLERANCE_MM, Z_RANGE_LABELS, LabelScore, dice, evaluate_case,
+from evaluation.metrics import (NSD_TOLERANCE_MM, Z_RANGE_LABELS, LabelScore, dice, evaluate_case,
                                 score_masks)
 from evaluation.surface import normalized_surface_dice, surface_distances, surfel_area_table
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import ALL_LABELS, LABEL_NAMES
 
 SPACINGS = [(1.0, 1.0, 1.0), (2.5, 0.8, 0.7), (0.6, 1.9, 1.1)]
 

@@ -11,9 +11,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from inference.io.images import read_image, to_sitk
-from phantom import PHASES, TUMOR_HOSTS, Phantom, make_phantom, write_phantom
+from inference.core.labels import ORGAN_LABELS, TUMOR_HOSTS
+from phantom import PHASES, Phantom, make_phantom, write_phantom
 
-ORGANS = tuple(range(1, 14))
 FLIP_XY = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # NIfTI converted from DICOM
 FEET_FIRST = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -69,7 +69,7 @@ def test_contract_dtypes_shapes_and_all_organs_present(seed):
     assert p.phase in PHASES
     assert set(np.unique(p.labels)) <= set(range(15))
     counts = np.bincount(p.labels.ravel(), minlength=15)
-    small = {label: int(counts[label]) for label in ORGANS if counts[label] < 200}
+    small = {label: int(counts[label]) for label in ORGAN_LABELS if counts[label] < 200}
     assert not small, f"organs with < 200 voxels: {small}"
     assert set(p.tumor_hosts) <= set(TUMOR_HOSTS)
 
@@ -135,7 +135,7 @@ def test_contrast_switch_threshold_is_crossed_only_in_arterial_phase():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_anatomical_relations_in_lps(seed):
     p = cached(seed)
-    c = {label: centroid_lps(p, label) for label in ORGANS}
+    c = {label: centroid_lps(p, label) for label in ORGAN_LABELS}
     x, y, z = 0, 1, 2
     assert c[1][x] < c[3][x] - 50  # liver on the patient's right of the spleen
     assert c[2][x] < 0 < c[13][x]  # right kidney on the right, left kidney on the left
@@ -169,7 +169,7 @@ def test_same_anatomy_in_physical_space_for_any_axis_direction(direction):
     reference, other = cached(5), cached(5, direction=direction)
     assert other.geometry.direction == direction
     mapped = on_grid_of(other, reference)
-    for label in ORGANS + (14,):
+    for label in ORGAN_LABELS + (14,):
         assert dice(mapped == label, reference.labels == label) > 0.95, label
     # the rasterisation is exact for axis-aligned directions: images agree voxel for voxel
     assert np.mean(on_grid_of(other, reference, image=True) == reference.image) > 0.99

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 
 from inference.core.geometry import Geometry
 from inference.io.images import to_sitk
-from tests.factories import FLARE_LABELS, make_model_folder
+from inference.core.labels import ORGAN_MODEL_LABELS
+from tests.factories import make_model_folder
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "predict.sh"
@@ -24,7 +25,7 @@ SHELLS = list({os.path.realpath(shutil.which(shell)): shell for shell in ("sh", 
 def weights(tmp_path_factory):
     from training.manifest import write_manifest
     root = tmp_path_factory.mktemp("weights")
-    make_model_folder(root / "organ", labels=FLARE_LABELS, seed=1)
+    make_model_folder(root / "organ", labels=ORGAN_MODEL_LABELS, seed=1)
     write_manifest(root, organ_folder="organ")
     return root
 

@@ -11,7 +11,8 @@ from matplotlib.image import imread
 
 from inference.core.geometry import Geometry
 from inference.app.preview import LABEL_COLOURS, to_canonical, write_preview_png
-from inference.app.volumes import LABEL_NAMES, volume_report, write_volume_report_json, write_volume_reports_csv
+from inference.core.labels import LABEL_NAMES
+from inference.app.volumes import volume_report, write_volume_report_json, write_volume_reports_csv
 
 INFERENCE = Path(__file__).resolve().parents[1] / "inference"
 

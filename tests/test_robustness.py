@@ -29,7 +29,8 @@ import torch
 from inference.app.cli import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, main
 from inference.core.geometry import Geometry
 from inference.io.images import InputError, read_ct, read_image, to_sitk
-from tests.factories import FLARE_LABELS, make_model_folder
+from inference.core.labels import ORGAN_MODEL_LABELS
+from tests.factories import make_model_folder
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = {"background": 0, "liver": 1, "spleen": 3}
@@ -137,7 +138,7 @@ def set_background_bias(folder: Path, value: float) -> None:
 
 def make_cascade(root: Path, *, background_bias: float = 0.0) -> Path:
     from training.manifest import write_manifest
-    organ = make_model_folder(root / "organ", labels=FLARE_LABELS, seed=1)
+    organ = make_model_folder(root / "organ", labels=ORGAN_MODEL_LABELS, seed=1)
     if background_bias:
         set_background_bias(organ, background_bias)
     write_manifest(root, organ_folder="organ")

@@ -10,7 +10,7 @@ import pytest
 from inference.cascade.parameters import REFERENCE_SPACING_MM, CascadeParameters
 from inference.core.geometry import Geometry
 from phantom import make_phantom
-from training.labels import infer_annotated, merge_labels, organ_target
+from training.label_merging import infer_annotated, merge_labels, organ_target
 from training.presets import (DEMO, PAPER, PUBLIC_PSEUDO_TUMOR_MIN_MM3, SMOKE, apply_overrides, get_preset,
                               scaled_cascade)
 from training.tumor_data import credible_pseudo_tumor, organ_crop

@@ -31,15 +31,12 @@ from typing import Sequence
 import numpy as np
 
 from inference.io.images import write_labels, write_text_atomic
-from phantom import TUMOR_LABEL, make_phantom, write_phantom
+from inference.core.labels import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL
+from phantom import make_phantom, write_phantom
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "dataset_manifest.json"
-ORGAN_LABELS = tuple(range(1, 14))
-LABEL_NAMES = {0: "background", 1: "liver", 2: "right_kidney", 3: "spleen", 4: "pancreas", 5: "aorta",
-               6: "inferior_vena_cava", 7: "right_adrenal_gland", 8: "left_adrenal_gland", 9: "gallbladder",
-               10: "esophagus", 11: "stomach", 12: "duodenum", 13: "left_kidney", 14: "tumor"}
 KINDS = ("full", "partial", "tumor_only", "unlabeled", "validation")
 DIRECTIONS = {
     "identity": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
@@ -137,7 +134,7 @@ def build_flare_dataset(out_dir, *, n_labeled: int, n_partial: int, n_tumor_only
         "format": "flare23-synthetic-1",
         "generator": "phantom.make_phantom",
         "seed": int(seed),
-        "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+        "labels": {"0": "background", **{str(k): v for k, v in LABEL_NAMES.items()}},
         "counts": counts,
         "random_geometry": bool(random_geometry),
         "max_voxels": int(max_voxels),

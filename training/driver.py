@@ -50,9 +50,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from inference.core.labels import (
+    ORGAN_LABELS, ORGAN_MODEL_LABELS, TUMOR_HOST_NAMES, TUMOR_HOSTS, TUMOR_LABEL, TUMOR_MODEL_LABELS,
+)
 from inference.io.images import read_image, to_sitk, write_image_atomic, write_labels, write_text_atomic
-from training.labels import TUMOR_HOSTS
-from training.presets import CONTRAST_ORGANS, OPTIMIZERS, ORGAN_NAMES, NetworkPreset, Preset
+from training.presets import CONTRAST_ORGANS, OPTIMIZERS, NetworkPreset, Preset
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,6 @@ CONFIGURATION = "3d_fullres"
 ORGAN_PLANS, TUMOR_PLANS = "FlareOrganPlans", "FlareTumorPlans"
 ORGAN_FIRST_ID, ORGAN_ID = 301, 302
 TUMOR_ID_BASE = {1: 311, 4: 312, 2: 313, 13: 314}  # step 2; step 4 adds 10
-ORGAN_LABELS = {"background": 0, "liver": 1, "right_kidney": 2, "spleen": 3, "pancreas": 4, "aorta": 5,
-                "inferior_vena_cava": 6, "right_adrenal_gland": 7, "left_adrenal_gland": 8, "gallbladder": 9,
-                "esophagus": 10, "stomach": 11, "duodenum": 12, "left_kidney": 13}
-TUMOR_LABELS = {"background": 0, "tumor": 1}
-ALL_ORGANS = frozenset(range(1, 14))
-TUMOR = 14
 INFERENCE_ONLY_PARAMETERS = ("contrast_hu_threshold", "tumor_min_total_mm3", "tumor_min_component_mm3",
                              "tumor_min_organ_overlap_mm3", "tumor_require_organ_contact")
 DATA_FOLDERS = ("imagesTr", "labelsTr", "unlabeledTr", "imagesVal", "labelsVal")
@@ -119,11 +115,11 @@ class CaseRecord:
 
     @property
     def organs_complete(self) -> bool:
-        return ALL_ORGANS <= set(self.annotated)
+        return set(ORGAN_LABELS) <= set(self.annotated)
 
     @property
     def tumor_annotated(self) -> bool:
-        return TUMOR in self.annotated
+        return TUMOR_LABEL in self.annotated
 
 
 def discover_cases(data: Path) -> list[dict]:
@@ -157,16 +153,16 @@ def discover_cases(data: Path) -> list[dict]:
 
 def _kind_from_annotation(annotated: Iterable[int]) -> str:
     annotated = set(annotated)
-    if ALL_ORGANS <= annotated:
+    if set(ORGAN_LABELS) <= annotated:
         return "full"
-    return "tumor_only" if annotated == {TUMOR} else ("unlabeled" if not annotated else "partial")
+    return "tumor_only" if annotated == {TUMOR_LABEL} else ("unlabeled" if not annotated else "partial")
 
 
 def read_label_map(path: Path, shape: Sequence[int] | None = None) -> np.ndarray:
     labels, _ = read_image(path)
     if shape is not None and tuple(labels.shape) != tuple(shape):
         raise DriverError(f"{path}: label map shape {labels.shape} differs from its image {tuple(shape)}")
-    if labels.size and (labels.min() < 0 or labels.max() > TUMOR or not np.all(labels == np.round(labels))):
+    if labels.size and (labels.min() < 0 or labels.max() > TUMOR_LABEL or not np.all(labels == np.round(labels))):
         raise DriverError(f"{path}: labels must be integers 0..14")
     return labels.astype(np.uint8)
 
@@ -480,7 +476,7 @@ class Driver:
         return self.p("models", name)
 
     def crops(self, step: str, organ: int) -> Path:
-        return self.p(step, "crops", ORGAN_NAMES[organ])
+        return self.p(step, "crops", TUMOR_HOST_NAMES[organ])
 
     # ---- the graph
     def units(self) -> list[Unit]:
@@ -504,10 +500,10 @@ class Driver:
                  lambda: [p for o in preset.tumor_organs for p in self.datasets(TUMOR_ID_BASE[o])]),
         ]
         for organ in preset.tumor_organs:
-            units.append(Unit(f"tumor1_{ORGAN_NAMES[organ]}", "2", ("tumor_plan",), {"net": net(preset.tumor)},
+            units.append(Unit(f"tumor1_{TUMOR_HOST_NAMES[organ]}", "2", ("tumor_plan",), {"net": net(preset.tumor)},
                               self.tumor_trainer(organ, first_round=True),
                               self.tumor_outputs(organ, first_round=True), resumable=True, concurrent=True))
-        round_one = tuple(f"tumor1_{ORGAN_NAMES[o]}" for o in preset.tumor_organs)
+        round_one = tuple(f"tumor1_{TUMOR_HOST_NAMES[o]}" for o in preset.tumor_organs)
         # step 3 mimics the cascade up to the tumor crops: organ post-processing, aorta crop, margins
         # (the contrast switch and the inference-time tumor filter play no part in it)
         mimicked = {k: v for k, v in cascade.items() if k not in INFERENCE_ONLY_PARAMETERS}
@@ -517,10 +513,10 @@ class Driver:
         units.append(Unit("tumor2_plan", "4", ("pseudo_tumors", "tumor_plan"), {}, self.run_tumor2_plan,
                           lambda: [p for o in preset.tumor_organs for p in self.datasets(TUMOR_ID_BASE[o] + 10)]))
         for organ in preset.tumor_organs:
-            units.append(Unit(f"tumor2_{ORGAN_NAMES[organ]}", "4", ("tumor2_plan",), {"net": net(preset.tumor)},
+            units.append(Unit(f"tumor2_{TUMOR_HOST_NAMES[organ]}", "4", ("tumor2_plan",), {"net": net(preset.tumor)},
                               self.tumor_trainer(organ, first_round=False),
                               self.tumor_outputs(organ, first_round=False), resumable=True, concurrent=True))
-        round_two = tuple(f"tumor2_{ORGAN_NAMES[o]}" for o in preset.tumor_organs)
+        round_two = tuple(f"tumor2_{TUMOR_HOST_NAMES[o]}" for o in preset.tumor_organs)
         export_params = {"cascade": cascade, "preset": preset.as_dict(), "weights": str(self.weights)}
         units.append(Unit("export", "export", ("data", "organ", "pseudo_tumors", *round_two), export_params,
                           self.run_export, lambda: []))
@@ -540,7 +536,7 @@ class Driver:
 
     def tumor_outputs(self, organ: int, *, first_round: bool) -> Callable[[], list[Path]]:
         dataset_id = TUMOR_ID_BASE[organ] + (0 if first_round else 10)
-        name = f"tumor{'1' if first_round else ''}_{ORGAN_NAMES[organ]}"
+        name = f"tumor{'1' if first_round else ''}_{TUMOR_HOST_NAMES[organ]}"
         results = self.backend.paths.results  # raw and preprocessed data belong to the plan unit
         return lambda: [self.model(name), *[p for p in self.datasets(dataset_id) if p.is_relative_to(results)]]
 
@@ -582,7 +578,7 @@ class Driver:
         real = self.real_ct_files()
         if real is not None:
             records.append(self.prepare({"id": REAL_CT_ID, "kind": "real_pseudo", "image": real[0], "label": real[1],
-                                         "annotated": tuple(range(1, 14))}))
+                                         "annotated": ORGAN_LABELS}))
         payload = {"data": str(self.data), "real_ct_used": real is not None,
                    "cases": [dataclasses.asdict(r) for r in records]}
         self.p("cases.json").write_text(json.dumps(payload, indent=1))
@@ -621,7 +617,7 @@ class Driver:
         labels, _ = canonicalise_case(Path(case["image"]), case["label"] and Path(case["label"]), image, label)
         annotated = case["annotated"]
         if annotated is None:
-            from training.labels import infer_annotated
+            from training.label_merging import infer_annotated
             annotated = infer_annotated(labels) if labels is not None else ()
         kind = case["kind"] if case["kind"] not in ("labelled",) else _kind_from_annotation(annotated)
         return CaseRecord(case["id"], kind, str(image.relative_to(self.work)),
@@ -629,7 +625,7 @@ class Driver:
 
     # ---- step 1
     def run_organ_first(self, resume: bool) -> dict:
-        from training.labels import organ_target
+        from training.label_merging import organ_target
 
         cases = [c for c in self.training_cases() if c.organs_complete and c.label]
         if not cases:
@@ -641,7 +637,7 @@ class Driver:
             path = self.p("step1", "first_targets", f"{case.id}.nii.gz")
             write_label_map(path, target, geometry)
             entries.append((case.id, Path(case.image), path))
-        self.train_model(ORGAN_FIRST_ID, "FlareOrganFirst", entries, ORGAN_LABELS, ORGAN_PLANS, self.preset.organ_first,
+        self.train_model(ORGAN_FIRST_ID, "FlareOrganFirst", entries, ORGAN_MODEL_LABELS, ORGAN_PLANS, self.preset.organ_first,
                          self.model("organ_first"), resume=resume)
         return {"cases": len(entries)}
 
@@ -676,7 +672,7 @@ class Driver:
         return self._runners[folder]
 
     def run_organ_labels(self, _resume: bool) -> dict:
-        from training.labels import merge_labels, organ_target
+        from training.label_merging import merge_labels, organ_target
 
         runner = self.runner(self.model("organ_first"))
         filled, total, pseudo_cases = 0, 0, 0
@@ -698,7 +694,7 @@ class Driver:
 
     def run_organ(self, resume: bool) -> dict:
         entries = [(c.id, Path(c.image), self.p("step1", "targets", f"{c.id}.nii.gz")) for c in self.training_cases()]
-        self.train_model(ORGAN_ID, "FlareOrgan", entries, ORGAN_LABELS, ORGAN_PLANS, self.preset.organ,
+        self.train_model(ORGAN_ID, "FlareOrgan", entries, ORGAN_MODEL_LABELS, ORGAN_PLANS, self.preset.organ,
                          self.model("organ"), resume=resume, plans_from=ORGAN_FIRST_ID)
         return {"cases": len(entries), "plans": f"reused from dataset {ORGAN_FIRST_ID} (organ_first)"}
 
@@ -706,19 +702,19 @@ class Driver:
     def run_tumor_crops(self, _resume: bool) -> dict:
         from training.tumor_data import organ_crop
 
-        stats = {ORGAN_NAMES[o]: {"crops": 0, "with_tumor": 0, "tumor_voxels": 0} for o in self.preset.tumor_organs}
+        stats = {TUMOR_HOST_NAMES[o]: {"crops": 0, "with_tumor": 0, "tumor_voxels": 0} for o in self.preset.tumor_organs}
         for case in self.training_cases():
             if not case.tumor_annotated:
                 continue
             image, geometry = read_image(Path(case.image))  # canonical, already sanitised
-            tumor = read_label_map(Path(case.label), image.shape) == TUMOR
+            tumor = read_label_map(Path(case.label), image.shape) == TUMOR_LABEL
             organs = read_label_map(self.p("step1", "targets", f"{case.id}.nii.gz"), image.shape)
             for organ in self.preset.tumor_organs:
                 crop = organ_crop(image, organs, tumor, organ, geometry, self.params)
                 if crop is None:
                     continue
                 self.write_crop(self.crops("step2", organ), case.id, crop.image, crop.target, crop.geometry)
-                entry = stats[ORGAN_NAMES[organ]]
+                entry = stats[TUMOR_HOST_NAMES[organ]]
                 entry["crops"] += 1
                 entry["with_tumor"] += int(crop.tumor_voxels > 0)
                 entry["tumor_voxels"] += crop.tumor_voxels
@@ -736,20 +732,20 @@ class Driver:
 
     def trainable_organs(self) -> list[int]:
         stats = self.store.load("tumor_crops")["result"]
-        return [o for o in self.preset.tumor_organs if stats[ORGAN_NAMES[o]]["with_tumor"] > 0]
+        return [o for o in self.preset.tumor_organs if stats[TUMOR_HOST_NAMES[o]]["with_tumor"] > 0]
 
     def run_tumor_plan(self, _resume: bool) -> dict:
         organs = self.trainable_organs()
         for organ in organs:
-            name = "".join(w.title() for w in ORGAN_NAMES[organ].split("_"))
+            name = "".join(w.title() for w in TUMOR_HOST_NAMES[organ].split("_"))
             self.backend.write_dataset(TUMOR_ID_BASE[organ], f"FlareTumor{name}", self.crop_entries("step2", organ),
-                                       TUMOR_LABELS)
+                                       TUMOR_MODEL_LABELS)
         if organs:
             self.backend.plan_and_preprocess([TUMOR_ID_BASE[o] for o in organs], TUMOR_PLANS, self.preset.tumor)
-        skipped = [ORGAN_NAMES[o] for o in self.preset.tumor_organs if o not in organs]
+        skipped = [TUMOR_HOST_NAMES[o] for o in self.preset.tumor_organs if o not in organs]
         if skipped:
             log.warning("no tumor in the labelled crops of %s: no tumor model for it", ", ".join(skipped))
-        return {"organs": [ORGAN_NAMES[o] for o in organs], "skipped_no_tumor": skipped}
+        return {"organs": [TUMOR_HOST_NAMES[o] for o in organs], "skipped_no_tumor": skipped}
 
     def side_by_side_threads(self) -> int | None:
         """Threads of each tumor training when several run side by side on the CPU: the --threads
@@ -770,7 +766,7 @@ class Driver:
             self.backend.train(dataset_id, TUMOR_PLANS, self.preset.tumor,
                                resume=resume and any(fold.glob("checkpoint_*.pth")),
                                threads=self.side_by_side_threads())
-            name = f"tumor{'1' if first_round else ''}_{ORGAN_NAMES[organ]}"
+            name = f"tumor{'1' if first_round else ''}_{TUMOR_HOST_NAMES[organ]}"
             self.backend.export(dataset_id, TUMOR_PLANS, self.preset.tumor, self.model(name))
             return {"trained": True, "iterations": self.preset.tumor.iterations}
         return run
@@ -783,7 +779,7 @@ class Driver:
 
         organs_trained = self.trainable_organs()
         organ_runner = self.runner(self.model("organ"))
-        stats = {ORGAN_NAMES[o]: {"crops": 0, "cases_with_pseudo_tumor": 0, "kept_components": 0, "kept_voxels": 0,
+        stats = {TUMOR_HOST_NAMES[o]: {"crops": 0, "cases_with_pseudo_tumor": 0, "kept_components": 0, "kept_voxels": 0,
                                   "removed": {}} for o in organs_trained}
         cases = [c for c in self.training_cases() if not c.tumor_annotated]
         for case in cases:
@@ -797,10 +793,10 @@ class Driver:
                 if box is None:
                     continue
                 crop, crop_geo = np.ascontiguousarray(image[box]), crop_geometry(geometry, box)
-                runner = self.runner(self.model(f"tumor1_{ORGAN_NAMES[organ]}"))
+                runner = self.runner(self.model(f"tumor1_{TUMOR_HOST_NAMES[organ]}"))
                 found = runner.segment(crop, geometry.spacing, {}) == 1
                 result = credible_pseudo_tumor(found, organs[box], organ, crop_geo, self.preset.pseudo_tumor_min_mm3)
-                entry = stats[ORGAN_NAMES[organ]]
+                entry = stats[TUMOR_HOST_NAMES[organ]]
                 entry["crops"] += 1
                 for reason, count in result.removed.items():
                     entry["removed"][reason] = entry["removed"].get(reason, 0) + count
@@ -816,11 +812,11 @@ class Driver:
         counts, pairs = {}, []
         for organ in self.trainable_organs():
             real, pseudo = self.crop_entries("step2", organ), self.crop_entries("step3", organ)
-            name = "".join(w.title() for w in ORGAN_NAMES[organ].split("_"))
+            name = "".join(w.title() for w in TUMOR_HOST_NAMES[organ].split("_"))
             self.backend.write_dataset(TUMOR_ID_BASE[organ] + 10, f"FlareTumor{name}Pseudo", real + pseudo,
-                                       TUMOR_LABELS)
+                                       TUMOR_MODEL_LABELS)
             pairs.append((TUMOR_ID_BASE[organ], TUMOR_ID_BASE[organ] + 10))
-            counts[ORGAN_NAMES[organ]] = {"real_crops": len(real), "pseudo_crops": len(pseudo)}
+            counts[TUMOR_HOST_NAMES[organ]] = {"real_crops": len(real), "pseudo_crops": len(pseudo)}
         self.backend.reuse_plans(pairs, TUMOR_PLANS)
         return counts
 
@@ -830,7 +826,7 @@ class Driver:
 
     def shipped_organs(self, prefix: str) -> list[int]:
         return [o for o in self.preset.tumor_organs
-                if (self.model(f"{prefix}_{ORGAN_NAMES[o]}") / "plans.json").is_file()]
+                if (self.model(f"{prefix}_{TUMOR_HOST_NAMES[o]}") / "plans.json").is_file()]
 
     def assemble(self, dest: Path, tumor_prefix: str, provenance: dict) -> Path:
         """organ + tumor model folders copied into `dest` (stale stage folders replaced), manifest written."""
@@ -838,9 +834,9 @@ class Driver:
 
         organs = self.shipped_organs(tumor_prefix)
         stages = {"organ": self.model("organ")}
-        stages.update({f"tumor_{ORGAN_NAMES[o]}": self.model(f"{tumor_prefix}_{ORGAN_NAMES[o]}") for o in organs})
+        stages.update({f"tumor_{TUMOR_HOST_NAMES[o]}": self.model(f"{tumor_prefix}_{TUMOR_HOST_NAMES[o]}") for o in organs})
         dest.mkdir(parents=True, exist_ok=True)
-        for stale in ["organ", *(f"tumor_{n}" for n in ORGAN_NAMES.values())]:
+        for stale in ["organ", *(f"tumor_{n}" for n in TUMOR_HOST_NAMES.values())]:
             if stale not in stages and (dest / stale).exists():
                 shutil.rmtree(dest / stale)
         for name, source in stages.items():
@@ -851,7 +847,7 @@ class Driver:
             if (dest / name).exists():
                 shutil.rmtree(dest / name)
             os.replace(temporary, dest / name)
-        tumor_stages = [{"organ": o, "folder": f"tumor_{ORGAN_NAMES[o]}", "needs_contrast": o in CONTRAST_ORGANS}
+        tumor_stages = [{"organ": o, "folder": f"tumor_{TUMOR_HOST_NAMES[o]}", "needs_contrast": o in CONTRAST_ORGANS}
                         for o in organs]
         return write_manifest(dest, organ_folder="organ", tumor_stages=tumor_stages,
                               parameters=self.manifest_parameters(), provenance=provenance)

@@ -18,8 +18,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-ORGANS = tuple(range(1, 14))
-TUMOR = 14
 
 
 def evaluate_weights(weights: Path, cases: Sequence[tuple[str, Path, Path]], *, device: str = "cpu") -> dict:
@@ -32,7 +30,7 @@ def evaluate_weights(weights: Path, cases: Sequence[tuple[str, Path, Path]], *, 
     from inference.engine.runner import EngineOptions
     from inference.io.images import read_ct, read_image
     from inference.app.pipeline import segment_canonical
-    from inference.app.volumes import LABEL_NAMES
+    from inference.core.labels import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL
     from inference.app.segmenters import build_segmenter
 
     torch_device = torch.device(device)
@@ -47,10 +45,10 @@ def evaluate_weights(weights: Path, cases: Sequence[tuple[str, Path, Path]], *, 
         found = case_lesions(case_id, truth, predicted, geometry.spacing)
         lesions += found
         per_case[case_id] = {
-            "organ_dsc": {LABEL_NAMES[o]: round(scores[o].dsc, 4) for o in ORGANS},
-            "organ_nsd": {LABEL_NAMES[o]: round(scores[o].nsd, 4) for o in ORGANS},
-            "tumor_dsc": round(scores[TUMOR].dsc, 4), "tumor_nsd": round(scores[TUMOR].nsd, 4),
-            "tumor_in_truth": bool((truth == TUMOR).any()), "tumor_predicted": bool((predicted == TUMOR).any()),
+            "organ_dsc": {LABEL_NAMES[o]: round(scores[o].dsc, 4) for o in ORGAN_LABELS},
+            "organ_nsd": {LABEL_NAMES[o]: round(scores[o].nsd, 4) for o in ORGAN_LABELS},
+            "tumor_dsc": round(scores[TUMOR_LABEL].dsc, 4), "tumor_nsd": round(scores[TUMOR_LABEL].nsd, 4),
+            "tumor_in_truth": bool((truth == TUMOR_LABEL).any()), "tumor_predicted": bool((predicted == TUMOR_LABEL).any()),
             "tumor_lesions": {"true": sum(l.kind == "true" for l in found), "detected": sum(l.detected for l in found),
                               "false": sum(l.kind == "false" for l in found)},
             "seconds": round(time.perf_counter() - start, 2),

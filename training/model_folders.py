@@ -10,10 +10,7 @@ from pathlib import Path
 
 import torch
 
-FLARE_LABELS = {"background": 0, "liver": 1, "right_kidney": 2, "spleen": 3, "pancreas": 4, "aorta": 5,
-                "inferior_vena_cava": 6, "right_adrenal_gland": 7, "left_adrenal_gland": 8, "gallbladder": 9,
-                "esophagus": 10, "stomach": 11, "duodenum": 12, "left_kidney": 13}
-
+from inference.core.labels import ORGAN_MODEL_LABELS, TUMOR_HOST_NAMES, TUMOR_MODEL_LABELS
 
 def architecture(features=(4, 8, 16), strides=((1, 1, 1), (2, 2, 2), (2, 2, 2)), kernels=None,
                  class_name="dynamic_network_architectures.architectures.unet.PlainConvUNet") -> dict:
@@ -75,7 +72,7 @@ def make_model_folder(folder: Path, *, labels=None, patch=(16, 32, 32), spacing=
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     from inference.engine.model import build_network
 
-    labels = labels or FLARE_LABELS
+    labels = labels or ORGAN_MODEL_LABELS
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plan = plans(patch, spacing, arch, configuration)
@@ -96,15 +93,12 @@ def make_model_folder(folder: Path, *, labels=None, patch=(16, 32, 32), spacing=
     return folder
 
 
-TUMOR_HOSTS = {1: "liver", 2: "right_kidney", 4: "pancreas", 13: "left_kidney"}
-
-
 def add_random_tumor_stages(root: Path, *, patch, spacing, arch: dict) -> list[dict]:
     """One random-weight tumor model folder per host organ under `root` (for timing and memory
     measurements, where the weight values do not matter); returns the manifest's tumor stages."""
     stages = []
-    for organ, name in TUMOR_HOSTS.items():
-        make_model_folder(root / f"tumor_{name}", labels={"background": 0, "tumor": 1}, patch=patch,
+    for organ, name in TUMOR_HOST_NAMES.items():
+        make_model_folder(root / f"tumor_{name}", labels=TUMOR_MODEL_LABELS, patch=patch,
                           spacing=spacing, arch=arch, seed=organ, bias_class=0)
         stages.append({"organ": organ, "folder": f"tumor_{name}", "needs_contrast": organ in (2, 13)})
     return stages

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference.cascade.parameters import REFERENCE_VOXEL_MM3, CascadeParameters
+from inference.core.labels import TUMOR_HOST_NAMES
 
-TUMOR_ORGANS = (1, 4, 2, 13)  # liver, pancreas, right kidney, left kidney (DESIGN section 4)
-ORGAN_NAMES = {1: "liver", 2: "right_kidney", 4: "pancreas", 13: "left_kidney"}
+TUMOR_ORGANS = (1, 4, 2, 13)  # liver, pancreas, right kidney, left kidney: the order tumour models train in
 CONTRAST_ORGANS = (2, 13)  # kidney tumor models run only on contrast-enhanced scans (public code)
 # Public code: a pseudo-labelled tumor component needs at least 2048 voxels; in mm3 at the FLARE
 # reference voxel (2.5 x 0.8 x 0.8 mm), like every other volume threshold of the cascade.
@@ -127,9 +127,9 @@ class Preset:
     use_real_ct: bool = False  # add ../shared/data/real's CT as one pseudo-labelled training case
 
     def __post_init__(self):
-        unknown = [o for o in self.tumor_organs if o not in ORGAN_NAMES]
+        unknown = [o for o in self.tumor_organs if o not in TUMOR_HOST_NAMES]
         if unknown or len(set(self.tumor_organs)) != len(self.tumor_organs):
-            raise ValueError(f"tumor_organs must be distinct labels among {sorted(ORGAN_NAMES)}, "
+            raise ValueError(f"tumor_organs must be distinct labels among {sorted(TUMOR_HOST_NAMES)}, "
                              f"got {self.tumor_organs}")
         self.cascade_parameters()  # validates names and values
         if not self.pseudo_tumor_min_mm3 >= 0:

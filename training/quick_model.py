@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.core.labels import ORGAN_MODEL_LABELS, TUMOR_LABEL
 from training.nnunet import (
     NnUNetPaths, export_model_folder, find_dataset_folder, fold_folder, plan_and_preprocess, predict_with_nnunet,
     train, write_raw_dataset,
@@ -29,10 +30,6 @@ from training.nnunet import (
 
 log = logging.getLogger("training.quick_model")
 
-ORGAN_LABELS = {"background": 0, "liver": 1, "right_kidney": 2, "spleen": 3, "pancreas": 4, "aorta": 5,
-                "inferior_vena_cava": 6, "right_adrenal_gland": 7, "left_adrenal_gland": 8, "gallbladder": 9,
-                "esophagus": 10, "stomach": 11, "duodenum": 12, "left_kidney": 13}
-TUMOR_LABEL = 14
 DATASET_ID = 201
 DATASET_NAME = "QuickOrgans"
 PLANS_NAME = "QuickOrganPlans"
@@ -115,7 +112,7 @@ def write_case(spec: CaseSpec, folder: Path) -> tuple[Path, Path]:
 def dice_per_organ(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     """DSC per organ; both empty counts as 1 (the organisers' rule)."""
     scores = {}
-    for name, value in ORGAN_LABELS.items():
+    for name, value in ORGAN_MODEL_LABELS.items():
         if value == 0:
             continue
         t, p = truth == value, prediction == value
@@ -141,7 +138,7 @@ def evaluate(model_folder: Path, cases: list[tuple[str, Path, Path]], work: Path
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
         predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs / f"{case_id}.nii.gz")))
         per_case[case_id] = dice_per_organ(truth, predicted)
-    mean = {name: float(np.mean([scores[name] for scores in per_case.values()])) for name in ORGAN_LABELS if name != "background"}
+    mean = {name: float(np.mean([scores[name] for scores in per_case.values()])) for name in ORGAN_MODEL_LABELS if name != "background"}
     return {"per_case": per_case, "mean_per_organ": mean, "mean_organ_dice": float(np.mean(list(mean.values()))),
             "nnunet_predict_seconds": round(seconds, 1)}
 
@@ -207,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     if not _plans_match(paths, plan):
-        write_raw_dataset(paths, DATASET_ID, DATASET_NAME, training_cases, ORGAN_LABELS)
+        write_raw_dataset(paths, DATASET_ID, DATASET_NAME, training_cases, ORGAN_MODEL_LABELS)
         plan_and_preprocess(paths, DATASET_ID, plans_name=PLANS_NAME, configuration=CONFIGURATION,
                             spacing=plan.spacing, patch_size=plan.patch_size, batch_size=plan.batch_size,
                             features_per_stage=plan.features_per_stage, num_processes=2)

@@ -19,9 +19,8 @@ import numpy as np
 from inference.cascade.segmenter import organ_crop_box, voxels_for_mm3
 from inference.cascade.parameters import CascadeParameters
 from inference.core.geometry import Geometry
+from inference.core.labels import TUMOR_LABEL
 
-TUMOR = 14
-TUMOR_MODEL_LABEL = 1
 PSEUDO_REASONS = ("too_small", "no_owner", "other_owner")
 
 
@@ -97,9 +96,9 @@ def credible_pseudo_tumor(tumor: np.ndarray, organs: np.ndarray, organ: int, geo
         if stats["voxel_counts"][index] < min_voxels:
             result.removed["too_small"] += 1
             continue
-        owners = np.bincount(organs[stats["bounding_boxes"][index]].ravel().astype(np.int64), minlength=TUMOR)
+        owners = np.bincount(organs[stats["bounding_boxes"][index]].ravel().astype(np.int64), minlength=TUMOR_LABEL)
         owners[0] = 0
-        owners[TUMOR:] = 0
+        owners[TUMOR_LABEL:] = 0
         if not owners.any():
             result.removed["no_owner"] += 1
         elif int(owners.argmax()) != organ:

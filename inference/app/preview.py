@@ -18,7 +18,8 @@ import cc3d
 import numpy as np
 
 from inference.core.geometry import Geometry
-from inference.app.volumes import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL, label_counts, tumor_components
+from inference.app.volumes import label_counts, tumor_components
+from inference.core.labels import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL
 
 WINDOW_HU, LEVEL_HU = 400.0, 40.0  # abdominal soft-tissue window W400/L40
 OVERLAY_ALPHA = 0.45

@@ -1,7 +1,6 @@
 """Clinical volume report of one label map: organ volumes and tumor burden per host organ.
 
-Pure functions on (labels, Geometry); no plotting and nothing from `evaluation` (which depends on
-this module for the label names, never the other way round).
+Pure functions on (labels, Geometry); no plotting. The label names come from `inference.core.labels`.
 """
 from __future__ import annotations
 
@@ -15,26 +14,9 @@ import numpy as np
 from scipy import ndimage
 
 from inference.core.geometry import Geometry
+from inference.core.labels import LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL
 from inference.io.images import write_text_atomic
 
-LABEL_NAMES: dict[int, str] = {
-    1: "liver",
-    2: "right_kidney",
-    3: "spleen",
-    4: "pancreas",
-    5: "aorta",
-    6: "inferior_vena_cava",
-    7: "right_adrenal_gland",
-    8: "left_adrenal_gland",
-    9: "gallbladder",
-    10: "esophagus",
-    11: "stomach",
-    12: "duodenum",
-    13: "left_kidney",
-    14: "tumor",
-}
-TUMOR_LABEL = 14
-ORGAN_LABELS = tuple(range(1, 14))
 NO_HOST = "none"  # a tumor component touching no organ
 CONNECTIVITY = 26  # tumor components, and the 1-voxel neighbourhood used to find their host
 MM3_PER_ML = 1000.0

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from inference.cascade.postprocessing import foreground_box
+from inference.core.boxes import foreground_box
 
 MAX_BOX_SHARE_OF_SCAN = 0.5
 MIN_BOX_FILL = 0.005

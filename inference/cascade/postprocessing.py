@@ -15,6 +15,8 @@ from typing import Mapping
 import cc3d
 import numpy as np
 
+from inference.core.boxes import foreground_box
+
 CONNECTIVITY = 26
 _SLAB_VOXELS = 1 << 22  # lookup-table remaps run in slabs so index temporaries stay ~32 MB
 
@@ -161,18 +163,6 @@ def apply_rules(labels, rules: Mapping[int, ComponentRule]) -> np.ndarray:
     for slab in _slabs(labels.shape):
         cropped[slab][~keep[components[slab]]] = 0
     return result
-
-
-def foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every non-zero voxel; None when there is none."""
-    nonzero = labels != 0 if labels.dtype != bool else labels
-    box = []
-    for axis in range(labels.ndim):
-        present = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
-        if present.size == 0:
-            return None
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
 
 
 def _connectivity(labels: np.ndarray) -> int:

@@ -30,6 +30,7 @@ from scipy import ndimage
 from inference.cascade.case_budget import CaseBudget, Clock, StageCostModel
 from inference.cascade.parameters import CascadeParameters
 from inference.engine.runner import EngineOptions, ModelRunner, Timer
+from inference.core.boxes import axis_extent, foreground_extents
 from inference.core.geometry import Geometry
 from inference.cascade.cascade_json import Manifest, ManifestError, TumorStage
 from inference.engine.model import load_model, read_label_values
@@ -37,13 +38,11 @@ from inference.cascade.organ_plausibility import implausible_organ
 from inference.engine.precision import PrecisionChoice, recorded_agreement, with_resolved_precision
 from inference.cascade.postprocessing import postprocess_organs
 from inference.engine.preprocessing import sanitize_hu
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import LABEL_NAMES, TUMOR_LABEL, TUMOR_MODEL_LABEL
 
 log = logging.getLogger(__name__)
 
 AORTA = 5
-TUMOR = 14
-TUMOR_MODEL_LABEL = 1  # the tumor nnU-Net models' dataset.json: {"background": 0, "tumor": 1}
 TUMOR_CONNECTIVITY = 26
 FILTER_REASONS = ("not_connected", "too_small", "low_overlap", "total_too_small")
 _ROUNDING = 1e-6  # so that 50 mm / 2.5 mm is 20 slices, not 19.999999
@@ -68,12 +67,6 @@ def voxels_for_mm3(mm3: float, geometry: Geometry) -> int:
     return max(0, math.ceil(mm3 / voxel_mm3(geometry) - _ROUNDING))
 
 
-def _extent(mask: np.ndarray, axis: int) -> tuple[int, int] | None:
-    """(first, last) index along `axis` where `mask` has a voxel, or None."""
-    present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-    return (int(present[0]), int(present[-1])) if present.size else None
-
-
 # ---------------------------------------------------------------- aorta crop and contrast
 
 @dataclass(frozen=True)
@@ -94,11 +87,11 @@ def aorta_crop(organs: np.ndarray, geometry: Geometry, params: CascadeParameters
     if np.count_nonzero(aorta) < max(1, voxels_for_mm3(params.aorta_min_mm3, geometry)):
         return None
     axis, cranial = cranio_caudal_axis(geometry)
-    first, last = _extent(aorta, axis)
+    first, stop = axis_extent(aorta, axis)
     margin = math.floor(params.aorta_caudal_margin_mm / geometry.spacing[axis] + _ROUNDING)
     if cranial > 0:  # caudal = lower indices
-        return SlabCrop(axis, max(0, first - margin), last + 1)
-    return SlabCrop(axis, first, min(organs.shape[axis], last + 1 + margin))
+        return SlabCrop(axis, max(0, first - margin), stop)
+    return SlabCrop(axis, first, min(organs.shape[axis], stop + margin))
 
 
 def apply_slab_crop(labels: np.ndarray, crop: SlabCrop) -> np.ndarray:
@@ -127,14 +120,14 @@ def aorta_median_hu(volume: np.ndarray, organs: np.ndarray, geometry: Geometry,
 def organ_crop_box(mask: np.ndarray, geometry: Geometry, params: CascadeParameters) -> tuple[slice, ...] | None:
     """Bounding box of `mask` plus the tumor margins (mm, rounded up to whole voxels per axis), clamped."""
     cc_axis, _ = cranio_caudal_axis(geometry)
+    extents = foreground_extents(mask)
+    if extents is None:
+        return None
     box = []
-    for axis in range(mask.ndim):
-        extent = _extent(mask, axis)
-        if extent is None:
-            return None
+    for axis, (start, stop) in enumerate(extents):
         margin_mm = params.tumor_margin_cranio_caudal_mm if axis == cc_axis else params.tumor_margin_in_plane_mm
         margin = max(0, math.ceil(margin_mm / geometry.spacing[axis] - _ROUNDING))
-        box.append(slice(max(0, extent[0] - margin), min(mask.shape[axis], extent[1] + 1 + margin)))
+        box.append(slice(max(0, start - margin), min(mask.shape[axis], stop + margin)))
     return tuple(box)
 
 
@@ -202,7 +195,7 @@ def _dilated_near(organ: np.ndarray, tumor_box: tuple[slice, ...]) -> np.ndarray
 def merge_tumor(organs: np.ndarray, tumor: np.ndarray) -> np.ndarray:
     """Tumor (14) overrides organ labels."""
     labels = organs.astype(np.uint8, copy=True)
-    labels[tumor] = TUMOR
+    labels[tumor] = TUMOR_LABEL
     return labels
 
 
@@ -226,7 +219,7 @@ def _checked_labels(labels, shape, what: str) -> np.ndarray:
 def _as_organ_labels(labels: np.ndarray) -> np.ndarray:
     """uint8 organ labels 0..13 (cc3d and the merge are fastest on uint8; anything else is a wiring error)."""
     low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
-    if not np.issubdtype(labels.dtype, np.integer) or low < 0 or high >= TUMOR:
+    if not np.issubdtype(labels.dtype, np.integer) or low < 0 or high >= TUMOR_LABEL:
         raise ValueError(f"organ stage returned {labels.dtype} labels in [{low}, {high}]; expected integers 0..13")
     return labels.astype(np.uint8, copy=False)
 
@@ -265,7 +258,7 @@ class CascadeSegmenter:
             raise ManifestError(f"{manifest.root}: {error}") from None
         self.tumor_stages = tuple(manifest.tumor_stages)
         hosts = [stage.organ for stage in self.tumor_stages]
-        if len(set(hosts)) != len(hosts) or not all(h in LABEL_NAMES and h != TUMOR for h in hosts):
+        if len(set(hosts)) != len(hosts) or not all(h in LABEL_NAMES and h != TUMOR_LABEL for h in hosts):
             raise ManifestError(f"{manifest.root}: tumor stages must serve distinct organ labels 1..13, got {hosts}")
         if tumor_stage_fns is not None and set(tumor_stage_fns) != set(hosts):
             raise ValueError(f"tumor_stage_fns serve organs {sorted(tumor_stage_fns)}, "

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.core.boxes import foreground_extents
 from inference.core.choices import EXPORT_METHODS
 from inference.engine.preprocessing import Preprocessed
 from inference.resampling.nnunet import nearest_indices
@@ -95,18 +96,6 @@ def argmax_channels(scores: torch.Tensor) -> torch.Tensor:
     return scores.argmax(0).to(torch.uint8)
 
 
-def _foreground_box(labels: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
-    foreground = labels != 0
-    if not bool(foreground.any()):
-        return None
-    box = []
-    for axis in range(labels.dim()):
-        other = tuple(a for a in range(labels.dim()) if a != axis)
-        present = torch.nonzero(foreground.any(dim=other)).flatten()
-        box.append((int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
-
-
 def _plane_kernel_pays(in_plane, out_plane, window_plane) -> bool:
     """True when resizing the whole plane with torch's interpolation kernel costs less than the
     dense per-axis matrix products restricted to the window (which grow with the square of the
@@ -147,7 +136,7 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
     temporaries (default: SLAB_BYTES, and BOUNDARY_CHUNK border voxels a batch).
     """
     low = argmax_channels(rows)
-    box = _foreground_box(low)
+    box = foreground_extents(low)
     if box is None:
         return np.zeros((0, 0, 0), np.uint8), None
     box = ((box[0][0] + row_offset, box[0][1] + row_offset), *box[1:])

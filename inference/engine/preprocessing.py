@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from inference.core.boxes import foreground_extents
 from inference.core.choices import RESAMPLINGS
 from inference.engine.model import ModelConfig
 from inference.resampling.nnunet import resample_like_nnunet
@@ -63,16 +64,10 @@ def sanitize_hu(volume: np.ndarray) -> np.ndarray:
 def nonzero_box(volume: np.ndarray) -> CropBox:
     """nnU-Net's crop_to_nonzero box. Hole filling inside its mask cannot change the bounding box,
     so the box of `volume != 0` is exactly nnU-Net's."""
-    nonzero = volume != 0
-    if not nonzero.any():
+    extents = foreground_extents(volume)
+    if extents is None:
         return CropBox((0,) * volume.ndim, volume.shape)
-    starts, stops = [], []
-    for axis in range(volume.ndim):
-        other = tuple(a for a in range(volume.ndim) if a != axis)
-        present = np.flatnonzero(nonzero.any(axis=other))
-        starts.append(int(present[0]))
-        stops.append(int(present[-1]) + 1)
-    return CropBox(tuple(starts), tuple(stops))
+    return CropBox(tuple(start for start, _ in extents), tuple(stop for _, stop in extents))
 
 
 def normalize(volume: np.ndarray, config: ModelConfig) -> np.ndarray:

@@ -17,10 +17,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-TUMOR = 14
-ORGANS = tuple(range(1, 14))
-ALL_LABELS = ORGANS + (TUMOR,)
-TUMOR_HOSTS = (1, 2, 4, 13)  # liver, right kidney, pancreas, left kidney: hosts preferred when voting
+from inference.core.labels import ALL_LABELS, TUMOR_HOSTS, TUMOR_LABEL
 
 
 def annotated_set(annotated: Iterable[int]) -> frozenset[int]:
@@ -38,7 +35,7 @@ def infer_annotated(labels: np.ndarray) -> tuple[int, ...]:
     gallbladder or an esophagus out of view, is then a true absence). Otherwise an absent organ is
     taken as not annotated, so that pseudo labels may fill it.
     """
-    present = {int(v) for v in np.unique(labels) if 0 < v <= TUMOR}
+    present = {int(v) for v in np.unique(labels) if 0 < v <= TUMOR_LABEL}
     return tuple(sorted(present))
 
 
@@ -76,7 +73,7 @@ def organ_target(labels: np.ndarray, *, pseudo: np.ndarray | None = None,
     """
     labels = np.asarray(labels)
     out = labels.astype(np.uint8, copy=True)
-    tumor = labels == TUMOR
+    tumor = labels == TUMOR_LABEL
     if not tumor.any():
         return out
     if pseudo is not None and np.asarray(pseudo).shape != labels.shape:
@@ -94,7 +91,7 @@ def organ_target(labels: np.ndarray, *, pseudo: np.ndarray | None = None,
         if pseudo is not None:
             votes.append(np.asarray(pseudo)[box][component])
         votes = np.concatenate(votes).astype(np.int64)
-        votes = votes[(votes > 0) & (votes < TUMOR)]
+        votes = votes[(votes > 0) & (votes < TUMOR_LABEL)]
         preferred = votes[is_host[votes]]
         votes = preferred if preferred.size else votes
         host = int(np.bincount(votes).argmax()) if votes.size else 0
