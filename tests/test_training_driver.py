@@ -14,8 +14,10 @@ import torch
 
 from inference.io.images import read_image
 from inference.cascade.cascade_json import load_manifest
-from training.driver import (CONFIGURATION, Driver, DriverError, NnUNetBackend, RunOptions, StateStore, Unit,
-                             execute_units, run)
+from training.driver import Driver, run
+from training.nnunet_backend import NnUNetBackend
+from training.recipe_settings import CONFIGURATION, DriverError, RunOptions
+from training.unit_executor import StateStore, Unit, execute_units
 from training.nnunet import STRIPPED_CHECKPOINT_KEYS, NnUNetPaths, find_dataset_folder, write_raw_dataset
 from training.presets import SMOKE, apply_overrides
 
@@ -362,7 +364,7 @@ def test_selected_step_with_missing_upstream_is_refused(tmp_path):
 
 
 def test_data_without_a_manifest_is_indexed_like_real_flare23_and_the_real_ct_joins(fake_run, tmp_path):
-    from training.driver import DEFAULT_REAL_CT, REAL_CT_ID
+    from training.recipe_settings import DEFAULT_REAL_CT, REAL_CT_ID
 
     root, _, _ = fake_run
     data = tmp_path / "flare23"
@@ -546,7 +548,7 @@ def test_smoke_rerun_skips_and_a_cascade_parameter_redoes_only_export_and_evalua
 def test_git_dirty_leaves_out_the_weights_folder_the_run_writes(tmp_path, monkeypatch):
     import subprocess
 
-    from training import driver as driver_module
+    from training.steps import weights_folder as weights_folder_module
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -557,10 +559,10 @@ def test_git_dirty_leaves_out_the_weights_folder_the_run_writes(tmp_path, monkey
     (tmp_path / "weights" / "model.pth").write_text("old\n")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    monkeypatch.setattr(driver_module, "REPO_ROOT", tmp_path)
-    assert driver_module._git_dirty(exclude=tmp_path / "weights") is False
+    monkeypatch.setattr(weights_folder_module, "REPO_ROOT", tmp_path)
+    assert weights_folder_module.git_dirty(exclude=tmp_path / "weights") is False
     (tmp_path / "weights" / "model.pth").write_text("new\n")  # the run's own output
-    assert driver_module._git_dirty(exclude=tmp_path / "weights") is False
-    assert driver_module._git_dirty() is True
+    assert weights_folder_module.git_dirty(exclude=tmp_path / "weights") is False
+    assert weights_folder_module.git_dirty() is True
     (tmp_path / "code.py").write_text("a = 2\n")  # a change of the code that made it
-    assert driver_module._git_dirty(exclude=tmp_path / "weights") is True
+    assert weights_folder_module.git_dirty(exclude=tmp_path / "weights") is True

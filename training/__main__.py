@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from training.cli_checks import check_data_folder, check_devices, check_preset_options
-from training.driver import DEFAULT_REAL_CT, STEPS, DriverError, RunOptions, run
+from training.driver import run
+from training.recipe_settings import DEFAULT_REAL_CT, STEPS, DriverError, RunOptions
 from training.presets import PRESETS, apply_overrides, get_preset
 
 
