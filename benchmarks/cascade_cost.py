@@ -27,7 +27,7 @@ def build_cascade(organ: Path, root: Path, tumor_spacing, tumor_patch) -> Path:
     from inference.engine.model import resolve_configuration
     from training.manifest import write_manifest
     from training.model_folders import add_random_tumor_stages
-    from training.nnunet import unet_topology
+    from training.nnunet_plans import unet_topology
     if root.exists():
         shutil.rmtree(root)
     shutil.copytree(organ, root / "organ")

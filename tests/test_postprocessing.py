@@ -5,10 +5,26 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from inference.cascade.postprocessing import (DEFAULT_ORGAN_RULES, ComponentRule, apply_rules, keep_largest_component,
-                                      parse_rules, postprocess_organs, remove_small_components)
+from inference.cascade.postprocessing import DEFAULT_ORGAN_RULES, ComponentRule, apply_rules, parse_rules, postprocess_organs
 
 FULL_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+
+# One-label shorthands of apply_rules, for these tests.
+def keep_largest_component(labels, label: int) -> np.ndarray:
+    """Only the largest 26-connected component of `label` stays; other labels are untouched."""
+    return apply_rules(labels, {int(label): ComponentRule(largest_only=True)})
+
+
+def remove_small_components(labels, label: int, *, min_voxels: int = 0,
+                            min_fraction_of_largest: float = 0.0) -> np.ndarray:
+    """Components of `label` with fewer than `min_voxels` voxels, or smaller than
+    `min_fraction_of_largest` of that label's largest component, become background."""
+    if not min_voxels and not min_fraction_of_largest:
+        raise ValueError("give min_voxels or min_fraction_of_largest")
+    return apply_rules(labels, {int(label): ComponentRule(min_voxels=min_voxels,
+                                                          min_fraction_of_largest=min_fraction_of_largest)})
 
 
 def reference(labels: np.ndarray, rules: dict[int, ComponentRule]) -> np.ndarray:

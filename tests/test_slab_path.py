@@ -24,7 +24,7 @@ from tests.reference_sliding_window import predict_logits
 def config(normalization="CTNormalization", spacing=(1.0, 1.6, 1.6), transpose=(0, 1, 2)) -> ModelConfig:
     return ModelConfig("m", "3d_fullres", (8, 8, 8), spacing, transpose, tuple(int(a) for a in np.argsort(transpose)),
                        normalization, IntensityProperties(40.0, 300.0, -1000.0, 1500.0), {"background": 0, "a": 1},
-                       2, None)
+                       2)
 
 
 def scan(shape=(37, 50, 46), seed=0) -> np.ndarray:

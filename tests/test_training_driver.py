@@ -18,7 +18,8 @@ from training.driver import Driver, run
 from training.nnunet_backend import NnUNetBackend
 from training.recipe_settings import CONFIGURATION, DriverError, RunOptions
 from training.unit_executor import StateStore, Unit, execute_units
-from training.nnunet import STRIPPED_CHECKPOINT_KEYS, NnUNetPaths, find_dataset_folder, write_raw_dataset
+from training.nnunet import NnUNetPaths, find_dataset_folder, write_raw_dataset
+from training.nnunet_export import STRIPPED_CHECKPOINT_KEYS
 from training.presets import SMOKE, apply_overrides
 
 ALL_TUMOR_ORGANS = apply_overrides(SMOKE, ["tumor_organs=[1,4,2,13]"])

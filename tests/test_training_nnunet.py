@@ -11,11 +11,10 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from training.nnunet import (
-    STRIPPED_CHECKPOINT_KEYS, NnUNetPaths, canonical_class_names, default_features, derive_plans,
-    export_model_folder, plan_and_preprocess, predict_with_nnunet, sha256_of, strip_checkpoint, train, unet_topology,
-    write_raw_dataset,
-)
+from inference.cascade.cascade_json import sha256_of
+from training.nnunet import NnUNetPaths, plan_and_preprocess, predict_with_nnunet, train, write_raw_dataset
+from training.nnunet_export import STRIPPED_CHECKPOINT_KEYS, export_model_folder, strip_checkpoint
+from training.nnunet_plans import canonical_class_names, default_features, derive_plans, unet_topology
 
 SPACING = (2.5, 1.6, 1.6)  # z, y, x
 BLOB_LABELS = {"background": 0, "ball": 1, "egg": 2}

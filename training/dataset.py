@@ -191,10 +191,6 @@ def _write_case(folders, case_id, kind, case_seed, case_rng, use_random_geometry
     }
 
 
-def load_dataset_manifest(out_dir) -> dict:
-    return json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
-
-
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -58,7 +58,7 @@ def plans(patch=(16, 32, 32), spacing=(2.5, 1.6, 1.6), arch=None, configuration=
 
 def paper_architecture(patch, spacing, features=(32, 64, 128, 256, 320, 320)) -> dict:
     """nnU-Net's default 3d_fullres U-Net for this patch and spacing (the FLARE23 paper's models)."""
-    from training.nnunet import unet_topology
+    from training.nnunet_plans import unet_topology
     kernels, strides = unet_topology(patch, spacing, len(features))
     return architecture(features, strides, kernels)
 

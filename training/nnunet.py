@@ -7,19 +7,15 @@ never imports nnunetv2 itself.
 
 What this module adds on top of nnU-Net:
 - a raw dataset writer (`write_raw_dataset`),
-- custom plans derived from nnU-Net's own `nnUNetPlans.json` with a chosen spacing, patch, batch and
-  a (small) network whose strides and kernels are consistent with that patch (`derive_plans`,
-  `unet_topology`, the same rules as nnU-Net's `get_pool_and_conv_props`),
+- custom plans (`training.nnunet_plans`) derived from nnU-Net's own `nnUNetPlans.json`,
 - training through `training/nnunet_train.py` with epochs/iterations/lr as parameters,
-- export of a trained fold as an nnU-Net v2 model folder whose checkpoint is stripped to what
-  inference needs and loads with `torch.load(weights_only=True)` (`export_model_folder`).
+- export of a trained fold as a stripped nnU-Net v2 model folder (`training.nnunet_export`).
 
 Axis order: spacing and patch sizes are in the plans' (transposed) axis order, which for CT with
 thick slices is (z, y, x), the order of our arrays.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -30,17 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from inference.cascade.cascade_json import sha256_of  # one SHA-256 helper for exports and the manifest check
+from training.nnunet_plans import canonical_class_names, default_features, derive_plans, resolved_configuration
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAINER_NAME = "nnUNetTrainer"
 NO_AUGMENTATION_TRAINER_NAME = "nnUNetTrainerNoDA"  # nnU-Net's variant: its output folder carries this name
-MIN_FEATURE_MAP_SIZE = 4  # nnU-Net's UNet_featuremap_min_edge_length: a stride-2 axis needs >= 8 voxels
-ANISOTROPY_RATIO = 2.0  # nnU-Net: axes within a factor 2 of the finest spacing are pooled / get 3-wide kernels
 FILE_ENDING = ".nii.gz"
-STRIPPED_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes")
 
 
 class NnUNetError(RuntimeError):
@@ -162,144 +155,6 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-# --------------------------------------------------------------------------------------------
-# plans
-
-
-def unet_topology(patch_size: Sequence[int], spacing: Sequence[float], n_stages: int,
-                  min_feature_map_size: int = MIN_FEATURE_MAP_SIZE
-                  ) -> tuple[list[list[int]], list[list[int]]]:
-    """(kernel_sizes, strides) of an `n_stages` U-Net encoder, by nnU-Net's rules.
-
-    Following nnU-Net's `get_pool_and_conv_props`: at each stage an axis is downsampled (stride 2)
-    if its feature map is at least 2 * min_feature_map_size and its current spacing is within a
-    factor 2 of the finest spacing among such axes (a single such axis needs 3 * min size);
-    kernels are 3 along axes within a factor 2 of the finest current spacing, else 1 (e.g.
-    1x3x3 on thick slices), and once 3 they stay 3; the bottleneck kernel is all 3.
-    Raises ValueError if the patch cannot take `n_stages` stages or is not divisible by the
-    total stride of an axis.
-    """
-    dim = len(patch_size)
-    if len(spacing) != dim or n_stages < 1:
-        raise ValueError(f"patch {tuple(patch_size)} and spacing {tuple(spacing)} must have equal length, n_stages >= 1")
-    size = [int(s) for s in patch_size]
-    current_spacing = [float(s) for s in spacing]
-    kernel = [1] * dim
-    kernels: list[list[int]] = []
-    strides: list[list[int]] = [[1] * dim]
-    for stage in range(n_stages - 1):
-        finest = min(current_spacing)
-        kernel = [3 if k == 3 or current_spacing[d] / finest < ANISOTROPY_RATIO else 1 for d, k in enumerate(kernel)]
-        kernels.append(list(kernel))
-        poolable = [d for d in range(dim) if size[d] >= 2 * min_feature_map_size]
-        if poolable:
-            finest_poolable = min(current_spacing[d] for d in poolable)
-            poolable = [d for d in poolable if current_spacing[d] / finest_poolable < ANISOTROPY_RATIO]
-        if len(poolable) == 1 and size[poolable[0]] < 3 * min_feature_map_size:
-            poolable = []
-        if not poolable:
-            raise ValueError(f"patch {tuple(patch_size)} at spacing {tuple(spacing)} allows only {stage + 1} "
-                             f"stages (feature maps {size} at stage {stage}), {n_stages} requested")
-        for d in poolable:
-            if size[d] % 2:
-                raise ValueError(f"patch {tuple(patch_size)}: axis {d} is {size[d]} voxels at stage {stage}, "
-                                 f"not divisible by 2; choose a patch divisible by the total stride")
-            size[d] //= 2
-            current_spacing[d] *= 2
-        strides.append([2 if d in poolable else 1 for d in range(dim)])
-    kernels.append([3] * dim)
-    return kernels, strides
-
-
-def derive_plans(plans: dict, *, plans_name: str, configuration: str = "3d_fullres",
-                 spacing: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                 batch_size: int | None = None, features_per_stage: Sequence[int] | None = None,
-                 n_stages: int | None = None, n_conv_per_stage: int = 2,
-                 n_conv_per_stage_decoder: int = 2) -> dict:
-    """Custom plans holding only `configuration`, copied from nnU-Net's plans with overrides.
-
-    Every key nnU-Net wrote is kept (normalisation, resampling functions, intensity properties,
-    transposes, architecture class and its imports); only spacing, patch, batch and the encoder
-    layout change. The network is re-derived when patch, features or stages are given, so that its
-    strides fit the patch (see `unet_topology`). The data identifier is `<plans_name>_<configuration>`
-    so that preprocessed data of different plans never mix.
-    """
-    if configuration not in plans["configurations"]:
-        raise ValueError(f"configuration {configuration!r} not in plans; available: {sorted(plans['configurations'])}")
-    config = _resolved_configuration(plans, configuration)
-    for key in ("inherits_from", "previous_stage", "next_stage"):
-        config.pop(key, None)
-    if spacing is not None:
-        old = config["spacing"]
-        config["spacing"] = [float(s) for s in spacing]
-        config["median_image_size_in_voxels"] = [
-            round(n * o / s, 1) for n, o, s in zip(config["median_image_size_in_voxels"], old, config["spacing"])]
-    if patch_size is not None:
-        config["patch_size"] = [int(p) for p in patch_size]
-    if batch_size is not None:
-        config["batch_size"] = int(batch_size)
-    arch = config["architecture"]["arch_kwargs"]
-    if patch_size is not None or features_per_stage is not None or n_stages is not None or spacing is not None:
-        if features_per_stage is not None and n_stages is not None and len(features_per_stage) != n_stages:
-            raise ValueError(f"features_per_stage has {len(features_per_stage)} entries, n_stages is {n_stages}")
-        stages = n_stages or (len(features_per_stage) if features_per_stage is not None else arch["n_stages"])
-        features = list(features_per_stage) if features_per_stage is not None else [
-            min(32 * 2 ** i, 320) for i in range(stages)]
-        kernels, strides = unet_topology(config["patch_size"], config["spacing"], stages)
-        arch.update({
-            "n_stages": stages,
-            "features_per_stage": [int(f) for f in features],
-            "kernel_sizes": kernels,
-            "strides": strides,
-            "n_conv_per_stage": [int(n_conv_per_stage)] * stages,
-            "n_conv_per_stage_decoder": [int(n_conv_per_stage_decoder)] * (stages - 1),
-        })
-    config["data_identifier"] = f"{plans_name}_{configuration}"
-    derived = copy.deepcopy({k: v for k, v in plans.items() if k != "configurations"})
-    derived["plans_name"] = plans_name
-    derived["configurations"] = {configuration: config}
-    return derived
-
-
-def _resolved_configuration(plans: dict, configuration: str) -> dict:
-    """A configuration with nnU-Net's `inherits_from` chain merged in (child keys win)."""
-    config = copy.deepcopy(plans["configurations"][configuration])
-    parent = config.get("inherits_from")
-    if parent is not None:
-        base = _resolved_configuration(plans, parent)
-        base.update(config)
-        config = base
-    return config
-
-
-def default_features(patch_size: Sequence[int], spacing: Sequence[float], max_stages: int = 7) -> tuple[int, ...]:
-    """nnU-Net's default width (32 doubling to 320) with as many stages as the patch allows."""
-    for stages in range(max_stages, 0, -1):
-        try:
-            unet_topology(patch_size, spacing, stages)
-        except ValueError:
-            continue
-        return tuple(min(32 * 2 ** i, 320) for i in range(stages))
-    raise ValueError(f"patch {tuple(patch_size)} allows no U-Net at spacing {tuple(spacing)}")
-
-
-# nnU-Net 2.8's planner names LeakyReLU by its short alias; the engine's allowlist (inference.engine.model)
-# knows the class by its defining module. Both resolve to the same class in nnU-Net (pydoc.locate),
-# so the plans we write use the full name and the exported folders load everywhere.
-CLASS_NAME_ALIASES = {"torch.nn.LeakyReLU": "torch.nn.modules.activation.LeakyReLU",
-                      "torch.nn.ReLU": "torch.nn.modules.activation.ReLU"}
-
-
-def canonical_class_names(plans: dict) -> dict:
-    """Plans with every architecture building block named by its defining module (in place)."""
-    for config in plans["configurations"].values():
-        kwargs = config.get("architecture", {}).get("arch_kwargs", {})
-        for key, value in kwargs.items():
-            if isinstance(value, str) and value in CLASS_NAME_ALIASES:
-                kwargs[key] = CLASS_NAME_ALIASES[value]
-    return plans
-
-
 def plan_and_preprocess(paths: NnUNetPaths, dataset_ids: int | Sequence[int], *, plans_name: str,
                         configuration: str = "3d_fullres", spacing: Sequence[float] | None = None,
                         patch_size: Sequence[int] | None = None, batch_size: int | None = None,
@@ -327,13 +182,13 @@ def plan_and_preprocess(paths: NnUNetPaths, dataset_ids: int | Sequence[int], *,
         default_plans = json.loads((folder / "nnUNetPlans.json").read_text())
         features = features_per_stage
         if features is None and patch_size is not None:
-            planned_spacing = spacing or _resolved_configuration(default_plans, configuration)["spacing"]
+            planned_spacing = spacing or resolved_configuration(default_plans, configuration)["spacing"]
             features = default_features(patch_size, planned_spacing)
         derived = derive_plans(default_plans, plans_name=plans_name, configuration=configuration,
                                spacing=spacing, patch_size=patch_size, batch_size=batch_size,
                                features_per_stage=features)
         plans_path = folder / f"{plans_name}.json"
-        _write_json_atomic(plans_path, canonical_class_names(derived))
+        write_json_atomic(plans_path, canonical_class_names(derived))
         written.append(plans_path)
     preprocess(paths, ids, plans_name=plans_name, configuration=configuration, num_processes=num_processes,
                threads=threads, nice=nice)
@@ -401,75 +256,7 @@ def fold_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configu
     return paths.results / name / f"{trainer}__{plans_name}__{configuration}" / f"fold_{fold}"
 
 
-# --------------------------------------------------------------------------------------------
-# export
-
-
-def export_model_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configuration: str,
-                        fold: str | int = "all", dest: Path, checkpoint: str = "checkpoint_final.pth",
-                        augmentation: bool = True) -> dict[str, str]:
-    """Write `dest/plans.json`, `dest/dataset.json`, `dest/fold_<fold>/checkpoint_final.pth`.
-
-    The checkpoint holds only what `nnUNetPredictor.initialize_from_trained_model_folder` reads:
-    network_weights (fp32 tensors), trainer_name, init_args.configuration and
-    inference_allowed_mirroring_axes, so it loads with torch.load(weights_only=True) and the
-    folder runs in nnU-Net's own predictor. Returns {relative path: SHA-256} of the written files.
-    """
-    import torch  # only the export needs torch; planning and training run in subprocesses
-
-    source = fold_folder(paths, dataset_id, plans_name=plans_name, configuration=configuration, fold=fold,
-                         augmentation=augmentation)
-    model_base = source.parent
-    # Our own training output: it holds numpy scalars in its logs, so the full unpickler is needed.
-    trained = torch.load(source / checkpoint, map_location="cpu", weights_only=False)
-    stripped = strip_checkpoint(trained, configuration)
-    dest = Path(dest)
-    (dest / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
-    plans = json.loads((model_base / "plans.json").read_text())
-    dataset_json = json.loads((model_base / "dataset.json").read_text())
-    _write_json_atomic(dest / "plans.json", plans)
-    _write_json_atomic(dest / "dataset.json", dataset_json)
-    checkpoint_path = dest / f"fold_{fold}" / "checkpoint_final.pth"
-    temporary = checkpoint_path.with_name(f".{checkpoint_path.name}.partial-{os.getpid()}")
-    torch.save(stripped, temporary)
-    os.replace(temporary, checkpoint_path)
-    reloaded = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    if set(reloaded) != set(STRIPPED_CHECKPOINT_KEYS) or set(reloaded["network_weights"]) != set(stripped["network_weights"]):
-        raise RuntimeError(f"{checkpoint_path}: exported checkpoint does not reload as written")
-    written = [dest / "plans.json", dest / "dataset.json", checkpoint_path]
-    return {str(path.relative_to(dest)): sha256_of(path) for path in written}
-
-
-def strip_checkpoint(checkpoint: dict, configuration: str) -> dict:
-    """The inference-only part of an nnU-Net training checkpoint (tensors as contiguous fp32)."""
-    import torch
-
-    weights = {}
-    converted: dict[tuple, torch.Tensor] = {}  # aliases stay aliases, so torch.save stores each tensor once
-    for key, value in checkpoint["network_weights"].items():
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"network_weights[{key!r}] is {type(value).__name__}, expected a tensor")
-        key = key[len("module."):] if key.startswith("module.") else key  # DDP-wrapped training
-        key = key[len("_orig_mod."):] if key.startswith("_orig_mod.") else key  # torch.compile
-        # dynamic-network-architectures registers each conv twice (`conv` and `all_modules.0`) and
-        # the decoder holds the encoder: the state dict names one tensor up to four times.
-        identity = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
-                    tuple(value.stride()), value.dtype)
-        if identity not in converted:
-            tensor = value.detach().cpu()
-            tensor = tensor.float() if tensor.is_floating_point() else tensor
-            converted[identity] = tensor if tensor.is_contiguous() else tensor.contiguous()
-        weights[key] = converted[identity]
-    mirroring = checkpoint.get("inference_allowed_mirroring_axes")
-    return {
-        "network_weights": weights,
-        "trainer_name": TRAINER_NAME,
-        "init_args": {"configuration": configuration},
-        "inference_allowed_mirroring_axes": tuple(int(a) for a in mirroring) if mirroring is not None else None,
-    }
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: Path, payload: dict) -> None:
     from inference.io.images import write_text_atomic
     write_text_atomic(path, json.dumps(payload, indent=2))
 

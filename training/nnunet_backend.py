@@ -38,7 +38,7 @@ class NnUNetBackend:
         write_raw_dataset(self.paths, dataset_id, name, cases, labels)
 
     def plan_and_preprocess(self, dataset_ids: Sequence[int], plans_name: str, net: NetworkPreset) -> None:
-        """nnU-Net fingerprint + planning, our derived plans (training.nnunet.derive_plans), preprocessing."""
+        """nnU-Net fingerprint + planning, our derived plans (training.nnunet_plans.derive_plans), preprocessing."""
         from training.nnunet import plan_and_preprocess
 
         try:
@@ -101,7 +101,7 @@ class NnUNetBackend:
         run_command(command, env, log_path=self.paths.logs / f"{dataset_id}_{plans_name}_ddp_train.log", cwd=REPO_ROOT)
 
     def export(self, dataset_id: int, plans_name: str, net: NetworkPreset, dest: Path) -> dict[str, str]:
-        from training.nnunet import export_model_folder
+        from training.nnunet_export import export_model_folder
 
         if dest.exists():
             shutil.rmtree(dest)

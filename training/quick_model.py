@@ -24,9 +24,9 @@ import numpy as np
 
 from inference.core.labels import ORGAN_MODEL_LABELS, TUMOR_LABEL
 from training.nnunet import (
-    NnUNetPaths, export_model_folder, find_dataset_folder, fold_folder, plan_and_preprocess, predict_with_nnunet,
-    train, write_raw_dataset,
+    NnUNetPaths, find_dataset_folder, fold_folder, plan_and_preprocess, predict_with_nnunet, train, write_raw_dataset,
 )
+from training.nnunet_export import export_model_folder
 
 log = logging.getLogger("training.quick_model")
 

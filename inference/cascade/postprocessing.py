@@ -172,18 +172,3 @@ def _connectivity(labels: np.ndarray) -> int:
 def postprocess_organs(labels, rules: Mapping[int, ComponentRule] | None = None) -> np.ndarray:
     """Organ clean-up with `rules` (default: DEFAULT_ORGAN_RULES); labels without a rule are untouched."""
     return apply_rules(labels, DEFAULT_ORGAN_RULES if rules is None else rules)
-
-
-def keep_largest_component(labels, label: int) -> np.ndarray:
-    """Only the largest 26-connected component of `label` stays; other labels are untouched."""
-    return apply_rules(labels, {int(label): ComponentRule(largest_only=True)})
-
-
-def remove_small_components(labels, label: int, *, min_voxels: int = 0,
-                            min_fraction_of_largest: float = 0.0) -> np.ndarray:
-    """Components of `label` with fewer than `min_voxels` voxels, or smaller than
-    `min_fraction_of_largest` of that label's largest component, become background."""
-    if not min_voxels and not min_fraction_of_largest:
-        raise ValueError("give min_voxels or min_fraction_of_largest")
-    return apply_rules(labels, {int(label): ComponentRule(min_voxels=min_voxels,
-                                                          min_fraction_of_largest=min_fraction_of_largest)})

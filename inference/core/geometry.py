@@ -66,10 +66,6 @@ class Geometry:
         index_xyz = np.asarray(index_zyx, dtype=np.float64)[..., ::-1]
         return np.asarray(self.origin) + (index_xyz * np.asarray(self.spacing_xyz)) @ self.direction_matrix.T
 
-    def with_shape_and_spacing(self, shape, spacing) -> "Geometry":
-        """Same physical extent start and orientation, another grid (for resampled arrays)."""
-        return Geometry(tuple(shape), tuple(spacing), self.origin, self.direction)
-
     def cropped(self, start_zyx) -> "Geometry":
         """Geometry of the sub-array starting at index `start_zyx` (shape filled in by `with_shape`)."""
         origin = tuple(self.index_to_physical(start_zyx))
