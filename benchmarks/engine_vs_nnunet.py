@@ -1,4 +1,4 @@
-"""Our engine against nnU-Net v2's own predictor, same model folder, same inputs, one session.
+"""Our engine against nnU-Net v2's own predictor, same model folder, same inputs, one run.
 
     python -m benchmarks.engine_vs_nnunet --model weights/organ --cases 1
     python -m benchmarks.engine_vs_nnunet --model M --real-ct ../shared/data/real/TS_example_ct_0000.nii.gz

@@ -1,6 +1,6 @@
 """DSC and NSD per label with the FLARE organisers' scoring rules (pure functions on arrays).
 
-Rules (DESIGN section 2, from the organisers' evaluation script):
+Rules (from the FLARE 2023 organisers' evaluation script):
 - both masks empty: DSC = NSD = 1; exactly one empty: DSC = NSD = 0 (judged on the whole volume);
 - aorta, IVC and esophagus (5, 6, 10): both masks are cut to the ground truth's z-range first;
 - NSD is 0 when DSC is below `NSD_MIN_DSC`; otherwise the surface Dice at the label's tolerance.
@@ -22,7 +22,7 @@ import numpy as np
 from evaluation.surface import normalized_surface_dice
 from inference.core.labels import ALL_LABELS, LABEL_NAMES, ORGAN_LABELS, TUMOR_LABEL
 
-# Organisers' NSD tolerances in mm per label (DESIGN section 2).
+# Organisers' NSD tolerances in mm per label (their evaluation script).
 NSD_TOLERANCE_MM: dict[int, float] = {
     1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 2.0, 6: 2.0, 7: 2.0,
     8: 2.0, 9: 2.0, 10: 3.0, 11: 5.0, 12: 7.0, 13: 3.0, 14: 2.0,

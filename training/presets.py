@@ -182,13 +182,13 @@ DEMO_PATIENT_SCALE = 0.3
 # (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU), 1000 / 2500 organ iterations
 # (the step-1 model only pseudo-labels the 34 cases without full labels) and 600 per tumor model (300
 # left twice the false tumour lesions). Speed with 2 threads, patch 32x80x80 batch 2, 8-96 features:
-# 0.48-0.57 s per organ iteration on the dev machines of sessions 4-8, 0.92-1.12 s on session 10's;
+# 0.48-0.57 s per organ iteration on the faster 2-core dev machines, 0.92-1.12 s on the slower ones;
 # `python -m benchmarks.training_speed` measures a machine in half a minute. Measured end to end
 # (BENCHMARKS.md, "Half the step-1 organ iterations" and "... side-by-side tumour models"): 90.0 min
-# in session 7 with the tumor models one after another; 130 min in session 10 with two side by side
+# with the tumor models one after another; 130 min with two side by side
 # (`--parallel 2`, 1.35-1.47x the throughput) on a machine 1.7x slower per organ unit.
 # bf16 training (`--set organ_first.cpu_precision=auto --set organ.cpu_precision=auto --set
-# tumor.cpu_precision=auto`) ran the whole preset in 85 minutes on a machine of session 10's speed
+# tumor.cpu_precision=auto`) ran the whole preset in 85 minutes on one of the slower machines
 # (organ units 1.5-1.6x, tumor units 1.8x faster) with organ DSC 0.778 but tumor DSC 0.196 against
 # fp32's 0.22-0.25; retrained twice in each precision, the liver tumour model lost about 0.02 in bf16
 # (BENCHMARKS.md, "bf16 training on the CPU"). Not the default; next to try: bf16 organ models only.
@@ -196,7 +196,7 @@ DEMO_BUDGET_MINUTES = 90
 DEMO = Preset(
     name="demo",
     description="Small networks, short schedule with AdamW and without augmentation: the whole cascade on "
-                "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 90 in session 7; 130 on a "
+                "synthetic phantoms on a 2-core CPU in at most 90 minutes (measured 90; 130 on a "
                 "1.7x slower machine). Not a usable model for real CT.",
     organ_first=NetworkPreset(patch_size=(32, 80, 80), batch_size=2, epochs=20, iterations_per_epoch=50,
                               spacing=(3.0, 1.4, 1.4), features_per_stage=(8, 16, 32, 64, 96), val_iterations=2,
@@ -208,22 +208,21 @@ DEMO = Preset(
                         spacing=(2.0, 1.0, 1.0), features_per_stage=(8, 16, 32, 64), val_iterations=2,
                         initial_lr=3e-3, augmentation=False, optimizer="adam"),
     # Data, not iterations, limits these models: the same 2500 organ iterations on 60 fully labelled
-    # phantoms instead of session 4's 31 cases (8 fully labelled) raised the held-out organ DSC from
+    # phantoms instead of an earlier 31 cases (8 fully labelled) raised the held-out organ DSC from
     # 0.68 to 0.81 (BENCHMARKS.md, "More phantoms, same iterations"). Phantoms cost about 0.2 s each to draw and
     # 0.4 s to preprocess; only the partial, tumor-only and unlabelled cases cost pseudo-label time.
     data=SyntheticData(n_labeled=100, n_partial=12, n_tumor_only=6, n_unlabeled=16, n_validation=12, seed=2023,
                        max_voxels=1_200_000, random_geometry=True, tumor_probability=0.7),
     # The contrast switch is off (threshold 0 HU: every scan counts as enhanced): the phantoms' kidney
     # tumours are 30-80 HU off their host in every phase, so gating the kidney models by phase only loses
-    # tumours (session-4 weights, 8 training phantoms: tumor DSC 0.33 with the public 445 HU, 0.48 without
+    # tumours (earlier weights, 8 training phantoms: tumor DSC 0.33 with the public 445 HU, 0.48 without
     # the switch; BENCHMARKS.md, "Where the tumours go"). Real data keeps the public threshold (`paper`).
     cascade={**scaled_cascade(DEMO_PATIENT_SCALE), "contrast_hu_threshold": 0.0},
     pseudo_tumor_min_mm3=round(PUBLIC_PSEUDO_TUMOR_MIN_MM3 * DEMO_PATIENT_SCALE ** 3, 3),
     use_real_ct=True,
 )
 
-# One GPU (the lent H100 of this workplace: 16 cores, 15 minutes of device time a session, at most
-# 10 a command): the demo's networks (AdamW, without augmentation), data and cascade scaling with a
+# One GPU (an NVIDIA H100 with 16 CPU cores, used in runs of at most 10 minutes a command): the demo's networks (AdamW, without augmentation), data and cascade scaling with a
 # longer schedule, the tumor trainings side by side (`--parallel 4`). Measured on the H100 with an
 # earlier, smaller dataset (the preset now takes the demo's 146 cases): about 300 s of fixed cost
 # (data, planning and preprocessing, process start-up, pseudo labels) and 23 organ / 20 tumor

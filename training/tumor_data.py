@@ -5,7 +5,7 @@ bounding box plus margins in mm along the patient's head-feet axis and in plane)
 model trains on exactly the kind of crop it will see. Targets are in the tumor model's labels:
 0 background, 1 tumor.
 
-Credible pseudo tumors (public FLARE23 code, DESIGN section 4): a component predicted on an
+Credible pseudo tumors (public FLARE23 code): a component predicted on an
 unlabeled case is kept only if it is large enough (public code: 2048 voxels; here a volume in mm3)
 and the organ that owns most of the component's bounding box is the organ whose model found it.
 """

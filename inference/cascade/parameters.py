@@ -3,8 +3,7 @@
 The manifest's `parameters` object overrides any of these by name; an unknown name is an error
 (a typo must not silently fall back to a default).
 
-Physical units throughout (DESIGN section 4 prefers them to voxel counts, which change meaning
-with the scan's resolution). Where the public FLARE23 code counts voxels or slices, the value
+Physical units throughout, not voxel counts, which change meaning with the scan's resolution. Where the public FLARE23 code counts voxels or slices, the value
 here is that count converted at the reference spacing below, so that on a typical FLARE scan the
 behaviour is the public one.
 """

@@ -143,7 +143,7 @@ class TumorFilterResult:
 
 def filter_tumor(tumor: np.ndarray, organ: np.ndarray, geometry: Geometry,
                  params: CascadeParameters) -> TumorFilterResult:
-    """Credible tumor of one host organ (both masks on the same crop; DESIGN section 4).
+    """Credible tumor of one host organ (both masks on the same crop; the public FLARE23 rules).
 
     Per 26-connected component, in this order (the first failed test is the recorded reason):
     not touching or overlapping the organ; smaller than `tumor_min_component_mm3`; fewer voxels

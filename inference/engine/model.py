@@ -267,7 +267,7 @@ def load_model(folder, *, folds=None, checkpoint_name: str | None = None,
     networks = []
     for checkpoint in checkpoints:
         # built on the meta device and handed the checkpoint's tensors: no random initialisation
-        # of weights that are overwritten at once (0.15 s of the paper's organ model on CPU-2)
+        # of weights that are overwritten at once (0.15 s of the paper's organ model on a 2-core CPU)
         with torch.device("meta"):
             network = build_network(architecture, 1, config.num_classes)
         try:
