@@ -15,8 +15,9 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(VENV)/bin/pip install -q -c constraints.txt -r requirements-dev.txt
 	touch $(STAMP)
 
-# Whole test suite, CPU-only.
+# Architecture rules (.importlinter), then the whole test suite, CPU-only.
 test: venv
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 # Main job on the built-in default input: a synthetic CT is written to $(DEMO_DIR)/inputs and segmented.
