@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -45,25 +45,16 @@ class NnUNetPaths:
     """The three nnU-Net folders under one root, and the environment that points nnU-Net at them."""
 
     root: Path
+    raw: Path = field(init=False)
+    preprocessed: Path = field(init=False)
+    results: Path = field(init=False)
+    logs: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root).resolve())
-
-    @property
-    def raw(self) -> Path:
-        return self.root / "nnUNet_raw"
-
-    @property
-    def preprocessed(self) -> Path:
-        return self.root / "nnUNet_preprocessed"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "nnUNet_results"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
+        root = Path(self.root).resolve()
+        for name, folder in (("root", root), ("raw", root / "nnUNet_raw"), ("logs", root / "logs"),
+                             ("preprocessed", root / "nnUNet_preprocessed"), ("results", root / "nnUNet_results")):
+            object.__setattr__(self, name, folder)
 
     def env(self, *, threads: int = 2, n_proc_da: int = 0, num_processes: int = 2) -> dict[str, str]:
         """A full environment for an nnU-Net subprocess (a copy of os.environ plus nnU-Net's settings).
