@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def build_cascade(organ: Path, root: Path, tumor_spacing, tumor_patch) -> Path:
     from inference.engine.model import resolve_configuration
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     from training.model_folders import add_random_tumor_stages
     from training.nnunet_plans import unet_topology
     if root.exists():
@@ -38,7 +38,7 @@ def build_cascade(organ: Path, root: Path, tumor_spacing, tumor_patch) -> Path:
     kernels, strides = unet_topology(tumor_patch, tumor_spacing, len(features))
     architecture["arch_kwargs"].update({"kernel_sizes": kernels, "strides": strides})
     stages = add_random_tumor_stages(root, patch=tumor_patch, spacing=tumor_spacing, arch=architecture)
-    write_manifest(root, organ_folder="organ", tumor_stages=stages,
+    write_cascade_json(root, organ_folder="organ", tumor_stages=stages,
                    provenance={"description": "benchmark: trained organ model + random-weight tumor models"})
     return root
 

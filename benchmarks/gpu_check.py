@@ -58,7 +58,7 @@ def correctness(work: Path) -> dict:
 
 def write_paper_cascade(root: Path) -> Path:
     """Random-weight networks of the paper's size, as nnU-Net model folders + cascade.json."""
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     from training.model_folders import add_random_tumor_stages, make_model_folder, paper_architecture
     if (root / "cascade.json").is_file():
         return root
@@ -66,7 +66,7 @@ def write_paper_cascade(root: Path) -> Path:
                       arch=paper_architecture(ORGAN_PATCH, ORGAN_SPACING), bias_class=0)
     tumor_arch = paper_architecture(TUMOR_PATCH, TUMOR_SPACING, features=(32, 64, 128, 256, 320))
     stages = add_random_tumor_stages(root, patch=TUMOR_PATCH, spacing=TUMOR_SPACING, arch=tumor_arch)
-    write_manifest(root, organ_folder="organ", tumor_stages=stages,
+    write_cascade_json(root, organ_folder="organ", tumor_stages=stages,
                    provenance={"description": "random weights of the paper's network sizes, for timing only"})
     return root
 

@@ -24,11 +24,11 @@ CASES = [
 
 def make_weights(root: Path) -> None:
     from tests.factories import make_model_folder
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     root.mkdir(parents=True, exist_ok=True)
     make_model_folder(root / "organ", patch=(32, 64, 64), spacing=(4.0, 3.2, 3.2),
                       arch=None, bias_class=0, seed=7)
-    write_manifest(root, organ_folder="organ", provenance={"note": "random weights for container tests"})
+    write_cascade_json(root, organ_folder="organ", provenance={"note": "random weights for container tests"})
 
 
 def make_cases(folder: Path, count: int) -> None:

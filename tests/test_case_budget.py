@@ -165,11 +165,11 @@ def test_cli_writes_the_case_and_reports_what_the_budget_skipped(tmp_path, monke
     """A real cascade (random networks) with a budget no organ stage can meet: written, flagged."""
     from tests.factories import make_model_folder
     from tests.test_robustness import ct, write
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     weights = tmp_path / "weights"
     make_model_folder(weights / "organ", seed=1, bias_class=1)
     make_model_folder(weights / "tumor_liver", labels={"background": 0, "tumor": 1}, seed=2)
-    write_manifest(weights, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver", "needs_contrast": False}])
+    write_cascade_json(weights, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver", "needs_contrast": False}])
     inputs = tmp_path / "in"
     inputs.mkdir()
     write(inputs / "A_0000.nii.gz", ct(seed=3))

@@ -112,11 +112,11 @@ def test_stale_partials_are_cleaned_and_rerun_completes(tmp_path, model):
 
 
 def test_cascade_folder_runs_and_reports_its_decisions(tmp_path):
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     root = tmp_path / "weights"
     make_model_folder(root / "organ", bias_class=0)
     make_model_folder(root / "tumor_liver", labels={"background": 0, "tumor": 1}, bias_class=0)
-    write_manifest(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}])
+    write_cascade_json(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}])
     write_case(tmp_path, "A_0000.nii.gz")
     assert run("-i", tmp_path / "A_0000.nii.gz", "-o", tmp_path / "out", "--model", root) == EXIT_OK
     case = json.loads((tmp_path / "out" / "run_report.json").read_text())["cases"][0]

@@ -16,7 +16,7 @@ from inference.engine.model import load_model
 from inference.engine.precision import resolve_precision
 from inference.app.segmenters import build_segmenter
 from tests.factories import make_model_folder
-from training.manifest import write_manifest
+from training.cascade_json_writer import write_cascade_json
 from training.precision_agreement import PooledAgreement, record_agreement
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -35,7 +35,7 @@ def cascade_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("cascade") / "weights"
     make_model_folder(root / "organ", bias_class=0)
     make_model_folder(root / "tumor_liver", labels={"background": 0, "tumor": 1}, bias_class=0)
-    write_manifest(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}])
+    write_cascade_json(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}])
     return root
 
 

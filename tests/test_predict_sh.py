@@ -23,10 +23,10 @@ SHELLS = list({os.path.realpath(shutil.which(shell)): shell for shell in ("sh", 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     root = tmp_path_factory.mktemp("weights")
     make_model_folder(root / "organ", labels=ORGAN_MODEL_LABELS, seed=1)
-    write_manifest(root, organ_folder="organ")
+    write_cascade_json(root, organ_folder="organ")
     return root
 
 

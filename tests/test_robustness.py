@@ -137,11 +137,11 @@ def set_background_bias(folder: Path, value: float) -> None:
 
 
 def make_cascade(root: Path, *, background_bias: float = 0.0) -> Path:
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     organ = make_model_folder(root / "organ", labels=ORGAN_MODEL_LABELS, seed=1)
     if background_bias:
         set_background_bias(organ, background_bias)
-    write_manifest(root, organ_folder="organ")
+    write_cascade_json(root, organ_folder="organ")
     return root
 
 
@@ -418,7 +418,7 @@ def test_512x512x1500_export_has_bounded_memory_and_no_32_bit_overflow(method):
 # ------------------------------------------------------------------------------ weight faults
 
 def _weights_fault(weights: Path, fault: str) -> None:
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     checkpoint = next(weights.glob("organ/fold_*/checkpoint_final.pth"))
     if fault == "missing_file":
         checkpoint.unlink()
@@ -431,7 +431,7 @@ def _weights_fault(weights: Path, fault: str) -> None:
         plans = json.loads(plans_path.read_text())
         plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "os.system"
         plans_path.write_text(json.dumps(plans))
-        write_manifest(weights, organ_folder="organ")
+        write_cascade_json(weights, organ_folder="organ")
     elif fault == "manifest_not_json":
         (weights / "cascade.json").write_text("{ not json")
 

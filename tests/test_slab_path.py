@@ -158,11 +158,11 @@ def test_out_of_memory_is_retried_with_the_fallback_plan(model_folder, monkeypat
 def test_cascade_model_stages_clamp_without_a_copy_and_match_clamped_input(tmp_path, model_folder):
     """A cascade whose organ model clamps while preprocessing labels the scan exactly like the
     same models handed a clamped copy (the stage contract for injected stages)."""
-    from training.manifest import write_manifest
+    from training.cascade_json_writer import write_cascade_json
     root = tmp_path / "weights"
     make_model_folder(root / "organ", bias_class=0)
     make_model_folder(root / "tumor_liver", labels={"background": 0, "tumor": 1}, bias_class=0)
-    write_manifest(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}],
+    write_cascade_json(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}],
                    parameters={"aorta_min_mm3": 0.0})
     manifest = load_manifest(root)
     loaded = CascadeSegmenter(manifest)

@@ -181,13 +181,14 @@ def plan_and_preprocess(paths: NnUNetPaths, dataset_ids: int | Sequence[int], *,
         plans_path = folder / f"{plans_name}.json"
         write_json_atomic(plans_path, canonical_class_names(derived))
         written.append(plans_path)
-    preprocess(paths, ids, plans_name=plans_name, configuration=configuration, num_processes=num_processes,
+    preprocess_with_nnunet(paths, ids, plans_name=plans_name, configuration=configuration, num_processes=num_processes,
                threads=threads, nice=nice)
     return written
 
 
-def preprocess(paths: NnUNetPaths, dataset_ids: Sequence[int], *, plans_name: str, configuration: str = "3d_fullres",
-               num_processes: int = 2, threads: int = 2, nice: int = 0) -> None:
+def preprocess_with_nnunet(paths: NnUNetPaths, dataset_ids: Sequence[int], *, plans_name: str,
+                           configuration: str = "3d_fullres", num_processes: int = 2, threads: int = 2,
+                           nice: int = 0) -> None:
     """nnU-Net's preprocessing of `dataset_ids` with the plans `plans_name` already in their folders."""
     ids = [str(int(i)) for i in dataset_ids]
     run_nnunet_command(["nnUNetv2_preprocess", "-d", *ids, "-plans_name", plans_name, "-c", configuration,

@@ -53,7 +53,7 @@ class NnUNetBackend:
         """Preprocess each target dataset with the plans (and CT normalisation) of its source, as
         nnU-Net's move_plans_between_datasets does: same spacing, patch, network, intensity
         statistics. One nnU-Net call for all targets (each call costs seconds of start-up)."""
-        from training.nnunet import find_dataset_folder, preprocess
+        from training.nnunet import find_dataset_folder, preprocess_with_nnunet
 
         for source_id, target_id in pairs:
             source = find_dataset_folder(self.paths.preprocessed, source_id)
@@ -66,8 +66,9 @@ class NnUNetBackend:
             shutil.copyfile(raw / "dataset.json", target / "dataset.json")
             shutil.copyfile(source / "dataset_fingerprint.json", target / "dataset_fingerprint.json")
         if pairs:
-            preprocess(self.paths, [target for _, target in pairs], plans_name=plans_name, configuration=CONFIGURATION,
-                       num_processes=self.processes, threads=self.threads, nice=self.nice)
+            preprocess_with_nnunet(self.paths, [target for _, target in pairs], plans_name=plans_name,
+                                   configuration=CONFIGURATION, num_processes=self.processes,
+                                   threads=self.threads, nice=self.nice)
 
     def fold_folder(self, dataset_id: int, plans_name: str, net: NetworkPreset) -> Path:
         from training.nnunet import fold_folder

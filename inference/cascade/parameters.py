@@ -3,9 +3,9 @@
 The manifest's `parameters` object overrides any of these by name; an unknown name is an error
 (a typo must not silently fall back to a default).
 
-Physical units throughout, not voxel counts, which change meaning with the scan's resolution. Where the public FLARE23 code counts voxels or slices, the value
-here is that count converted at the reference spacing below, so that on a typical FLARE scan the
-behaviour is the public one.
+Physical units throughout, not voxel counts, which change meaning with the scan's resolution.
+Where the public FLARE23 code counts voxels or slices, the value here is that count converted at
+the reference spacing below, so that on a typical FLARE scan the behaviour is the public one.
 """
 from __future__ import annotations
 

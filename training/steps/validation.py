@@ -27,7 +27,7 @@ class ValidationStep:
     def run_evaluate(self, _resume: bool) -> dict:
         from inference.engine.precision import AGREEMENT_KEY
         from training.evaluate_weights import evaluate_weights
-        from training.manifest import write_manifest
+        from training.cascade_json_writer import write_cascade_json
 
         cases = self.validation_cases()
         summary = evaluate_weights(self.weights, cases, device=self.options.device) if cases else {"cases": 0}
@@ -41,7 +41,7 @@ class ValidationStep:
                 "with_pseudo_labels": headline(summary), "without_pseudo_labels": headline(without),
                 "cases": len(cases)}
         manifest = json.loads((self.weights / "cascade.json").read_text())
-        write_manifest(self.weights, organ_folder=manifest["stages"]["organ"]["folder"],
+        write_cascade_json(self.weights, organ_folder=manifest["stages"]["organ"]["folder"],
                        tumor_stages=manifest["stages"]["tumor"], parameters=manifest["parameters"],
                        provenance=provenance, precision_agreement=manifest.get(AGREEMENT_KEY))
         return headline(summary)

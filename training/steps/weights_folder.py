@@ -25,7 +25,7 @@ class WeightsFolderStep:
 
     def assemble(self, dest: Path, tumor_prefix: str, provenance: dict) -> Path:
         """organ + tumor model folders copied into `dest` (stale stage folders replaced), manifest written."""
-        from training.manifest import write_manifest
+        from training.cascade_json_writer import write_cascade_json
 
         organs = self.shipped_organs(tumor_prefix)
         stages = {"organ": self.model("organ")}
@@ -44,7 +44,7 @@ class WeightsFolderStep:
             os.replace(temporary, dest / name)
         tumor_stages = [{"organ": o, "folder": f"tumor_{TUMOR_HOST_NAMES[o]}", "needs_contrast": o in CONTRAST_ORGANS}
                         for o in organs]
-        return write_manifest(dest, organ_folder="organ", tumor_stages=tumor_stages,
+        return write_cascade_json(dest, organ_folder="organ", tumor_stages=tumor_stages,
                               parameters=self.manifest_parameters(), provenance=provenance)
 
     def provenance(self) -> dict:

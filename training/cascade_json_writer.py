@@ -22,9 +22,9 @@ def git_commit(repo: Path) -> str | None:
         return None
 
 
-def write_manifest(root, *, organ_folder: str, tumor_stages: list[dict] | None = None,
-                   parameters: dict | None = None, provenance: dict | None = None,
-                   precision_agreement: dict | None = None) -> Path:
+def write_cascade_json(root, *, organ_folder: str, tumor_stages: list[dict] | None = None,
+                       parameters: dict | None = None, provenance: dict | None = None,
+                       precision_agreement: dict | None = None) -> Path:
     """Write root/cascade.json for the model folders under `root` and verify it reads back.
 
     tumor_stages: [{"organ": 1, "folder": "tumor_liver", "needs_contrast": False}, ...]
