@@ -223,8 +223,8 @@ DEMO = Preset(
 )
 
 # One GPU (an NVIDIA H100 with 16 CPU cores, in runs of at most 10 minutes a command): the demo's
-# networks (AdamW, without augmentation), data and cascade scaling with a longer schedule, the tumor trainings side by side (`--parallel 4`). Measured on the H100 with an
-# earlier, smaller dataset (the preset now takes the demo's 146 cases): about 300 s of fixed cost
+# networks (AdamW, without augmentation), data and cascade scaling with a longer schedule, the tumor
+# trainings side by side (`--parallel 4`). Measured on the H100 with an earlier, smaller dataset (the preset now takes the demo's 146 cases): about 300 s of fixed cost
 # (data, planning and preprocessing, process start-up, pseudo labels) and 23 organ / 20 tumor
 # iterations per second (nnU-Net epochs of 100 iterations keep its per-epoch overhead small; that run
 # had augmentation). A first run with 600/2000/800 iterations
