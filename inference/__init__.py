@@ -11,5 +11,6 @@ The packages follow the pipeline and import only downwards (checked by import-li
     engine      one nnU-Net model: load, preprocess, sliding window, logits to labels
     resampling  array resampling kernels (fast torch path, nnU-Net's spline path)
     io          reading scans, writing label maps, canonical orientation
-    core        Geometry and the option vocabularies every layer shares
+    core        what every layer shares: Geometry, the FLARE label table, the foreground box, option
+                vocabularies
 """

@@ -168,10 +168,11 @@ def test_real_engine_as_another_uid(world):
                                 "-c", "import numpy, torch, SimpleITK"], capture_output=True)
     if reachable.returncode != 0:
         pytest.skip(f"{python} cannot be run by uid {OTHER} here (a folder on its path is private)")
-    from tests.factories import FLARE_LABELS, make_model_folder
-    from training.manifest import write_manifest
-    make_model_folder(world / "weights" / "organ", labels=FLARE_LABELS, seed=1)
-    write_manifest(world / "weights", organ_folder="organ")
+    from inference.core.labels import ORGAN_MODEL_LABELS
+    from tests.factories import make_model_folder
+    from training.cascade_json_writer import write_cascade_json
+    make_model_folder(world / "weights" / "organ", labels=ORGAN_MODEL_LABELS, seed=1)
+    write_cascade_json(world / "weights", organ_folder="organ")
     subprocess.run(["chmod", "-R", "a+rX", str(world)], check=True)
     write_ct(world / "inputs" / "A_0000.nii.gz", seed=1)
     (world / "inputs" / "A_0000.nii.gz").chmod(0o644)

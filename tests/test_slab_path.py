@@ -24,7 +24,7 @@ from tests.reference_sliding_window import predict_logits
 def config(normalization="CTNormalization", spacing=(1.0, 1.6, 1.6), transpose=(0, 1, 2)) -> ModelConfig:
     return ModelConfig("m", "3d_fullres", (8, 8, 8), spacing, transpose, tuple(int(a) for a in np.argsort(transpose)),
                        normalization, IntensityProperties(40.0, 300.0, -1000.0, 1500.0), {"background": 0, "a": 1},
-                       2)
+                       2, None)
 
 
 def scan(shape=(37, 50, 46), seed=0) -> np.ndarray:
@@ -163,7 +163,7 @@ def test_cascade_model_stages_clamp_without_a_copy_and_match_clamped_input(tmp_p
     make_model_folder(root / "organ", bias_class=0)
     make_model_folder(root / "tumor_liver", labels={"background": 0, "tumor": 1}, bias_class=0)
     write_cascade_json(root, organ_folder="organ", tumor_stages=[{"organ": 1, "folder": "tumor_liver"}],
-                   parameters={"aorta_min_mm3": 0.0})
+                       parameters={"aorta_min_mm3": 0.0})
     manifest = load_manifest(root)
     loaded = CascadeSegmenter(manifest)
     seen = []

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from inference.core.labels import TUMOR_LABEL
+
 FLARE_LAYOUT = "imagesTr/<ID>_0000.nii.gz + labelsTr/<ID>.nii.gz, unlabeledTr/, imagesVal/ + labelsVal/"
-MAX_LABEL = 14  # FLARE23: 13 organs and the tumor label
+MAX_LABEL = TUMOR_LABEL  # FLARE23: 13 organs and the tumor label
 IMAGE_SUFFIX, LABEL_SUFFIX = "_0000.nii.gz", ".nii.gz"
 
 

@@ -100,6 +100,7 @@ class ModelConfig:
     intensity: IntensityProperties | None
     labels: dict[str, int]
     num_classes: int
+    allowed_mirroring_axes: tuple[int, ...] | None
     # the plans' resampling_fn_data_kwargs and resampling_fn_probabilities_kwargs: what nnU-Net's
     # own resampling of the input and of the logits does; used by resampling="nnunet"
     data_resampling: DataResampling = DataResampling()
@@ -192,7 +193,7 @@ def read_label_values(folder) -> list[int]:
     return sorted(_dataset_labels(folder, _read_json(folder / "dataset.json")).values())
 
 
-def read_model_config(folder: Path, configuration: str) -> ModelConfig:
+def read_model_config(folder: Path, configuration: str, allowed_mirroring_axes=None) -> ModelConfig:
     plans = _read_json(folder / "plans.json")
     dataset = _read_json(folder / "dataset.json")
     entry = resolve_configuration(plans, configuration)
@@ -221,6 +222,7 @@ def read_model_config(folder: Path, configuration: str) -> ModelConfig:
         intensity=intensity,
         labels={k: int(v) for k, v in labels.items()},
         num_classes=len(labels),
+        allowed_mirroring_axes=tuple(allowed_mirroring_axes) if allowed_mirroring_axes is not None else None,
         data_resampling=DataResampling.from_plans(entry.get("resampling_fn_data_kwargs") or {}),
         probability_resampling=DataResampling.from_plans(
             {"order": 1, **(entry.get("resampling_fn_probabilities_kwargs") or {})}),
@@ -259,7 +261,7 @@ def load_model(folder, *, folds=None, checkpoint_name: str | None = None,
     configuration = first.get("init_args", {}).get("configuration")
     if not configuration:
         raise ModelError(f"{folder}: checkpoint does not name its configuration (init_args.configuration)")
-    config = read_model_config(folder, configuration)
+    config = read_model_config(folder, configuration, first.get("inference_allowed_mirroring_axes"))
     plans = _read_json(folder / "plans.json")
     architecture = resolve_configuration(plans, configuration).get("architecture")
     if architecture is None:

@@ -26,7 +26,7 @@ from inference.app.dicom_seg.codes import SEGMENT_CODES
 from inference.app.dicom_seg.series import match_slices, read_headers, series_files
 from inference.core.geometry import Geometry
 from inference.io.images import PARTIAL_MARKER
-from inference.app.volumes import LABEL_NAMES
+from inference.core.labels import LABEL_NAMES
 
 ALGORITHM_NAME = "FLARE cascade"
 ALGORITHM_VERSION = "1"

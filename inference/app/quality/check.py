@@ -10,7 +10,8 @@ from inference.core.geometry import Geometry
 from inference.app.quality import references as ref
 from inference.app.quality.measure import body_outline, fov_length_mm, measure_labels
 from inference.app.quality.rules import CaseMeasures, is_partial, run_rules
-from inference.app.volumes import LABEL_NAMES, volume_report
+from inference.app.volumes import volume_report
+from inference.core.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 __all__ = ["QA_MODES", "apply_qa_mode", "check_quality", "warning_line"]

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.core.geometry import Geometry
+from inference.core.labels import TUMOR_LABEL
 
 # The body outline: air is about -1000 HU, fat about -100; -500 separates them with room for
 # noise and partial volume. Lungs and bowel gas inside the body are filled slice by slice.
@@ -129,7 +130,7 @@ def _outside_share(mask: np.ndarray, box: tuple[slice, ...], body: Body) -> floa
     return float((sampled & ~inside).sum()) / total if total else 0.0
 
 
-def measure_labels(labels: np.ndarray, geometry: Geometry, body: Body, max_label: int = 14) -> dict[int, OrganMeasure]:
+def measure_labels(labels: np.ndarray, geometry: Geometry, body: Body, max_label: int = TUMOR_LABEL) -> dict[int, OrganMeasure]:
     """OrganMeasure for every label 1..max_label present (the FLARE labels; a model with other
     values has no anatomy the rules know)."""
     boxes = ndimage.find_objects(labels, max_label=max_label)

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inference.core.labels import TUMOR_LABEL
+
 LIVER, RIGHT_KIDNEY, SPLEEN, PANCREAS, AORTA, IVC = 1, 2, 3, 4, 5, 6
 RIGHT_ADRENAL, LEFT_ADRENAL, GALLBLADDER, ESOPHAGUS, STOMACH, DUODENUM, LEFT_KIDNEY = 7, 8, 9, 10, 11, 12, 13
-TUMOR = 14
+TUMOR = TUMOR_LABEL
 KIDNEYS = (RIGHT_KIDNEY, LEFT_KIDNEY)
 
 

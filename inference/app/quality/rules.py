@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 
 from inference.app.quality import references as ref
 from inference.app.quality.measure import Body, OrganMeasure
-from inference.app.volumes import LABEL_NAMES, NO_HOST
+from inference.app.volumes import NO_HOST
+from inference.core.labels import LABEL_NAMES
 
 LABEL_OF = {name: label for label, name in LABEL_NAMES.items()}
 
