@@ -62,6 +62,7 @@ def _draw_chain(rng, nodes, radii, jitter=3.0, radius_scale=0.1):
 
 
 def draw_anatomy(rng) -> Anatomy:
+    """Every random number of a phantom, in a fixed order (the helpers run one after another)."""
     an = Anatomy()
     an.phase_draw = str(rng.choice(PHASES))
     an.fov_draw = str(rng.choice(FOVS))
@@ -72,6 +73,15 @@ def draw_anatomy(rng) -> Anatomy:
     an.muscle = float(rng.uniform(10, 14))
     an.cavity = {"a": rng.uniform(0.96, 1.04), "b": rng.uniform(0.96, 1.04)}
     an.dome = (float(rng.normal(0, 5)), float(rng.normal(0, 5)))
+    _draw_organs(rng, an)
+    _draw_other_structures(rng, an)
+    _draw_warps(rng, an)
+    _draw_intensities(rng, an)
+    _draw_tumors(rng, an)
+    return an
+
+
+def _draw_organs(rng, an: Anatomy) -> None:
     E, C = an.ell, an.chains
     I3 = np.eye(3)
     # vessels and tubes (nominal adult mm; y anterior < 0 < posterior)
@@ -104,6 +114,10 @@ def draw_anatomy(rng) -> Anatomy:
     for end in ((-110, -20, 50), (-60, -50, 58), (0, -52, 70)):
         hepatic.append(_draw_chain(rng, [(-20, 8, 94), end], [6, 3], jitter=5.0))
     C["hepatic_veins"] = hepatic
+
+
+def _draw_other_structures(rng, an: Anatomy) -> None:
+    C = an.chains
     # unlabelled vessels
     C["portal"] = _draw_chain(rng, [(-5, -22, -2), (-25, -18, 20), (-45, -8, 40)], [8, 8, 7], 2.0)
     C["splenic_v"] = _draw_chain(rng, [(-5, -22, -2), (30, -14, 6), (62, 10, 20), (85, 22, 34)], [5, 5, 5, 4], 2.0)
@@ -120,6 +134,9 @@ def draw_anatomy(rng) -> Anatomy:
                                                (sign * 62, 20, -200), (sign * 72, -5, -270)], [5, 14, 23, 22, 16], 2.0)
         C[f"paraspinal_{side}"] = _draw_chain(rng, [(sign * 36, 100, 330), (sign * 36, 100, -180)], [22, 22], 1.0)
         C[f"quadratus_{side}"] = _draw_chain(rng, [(sign * 62, 92, 20), (sign * 70, 86, -120)], [12, 16], 1.0)
+
+
+def _draw_warps(rng, an: Anatomy) -> None:
     # organ-level deformation fields: amplitude ~ 8-12 % of the size, wavelength ~ 2-3 sizes
     for name, amplitude, wavelength in (("aorta", 2.0, 150), ("ivc", 2.5, 120), ("esophagus", 2.5, 100),
                                         ("adrenal_r", 2.0, 50), ("adrenal_l", 2.0, 50), ("gallbladder", 3.0, 70),
@@ -127,6 +144,9 @@ def draw_anatomy(rng) -> Anatomy:
                                         ("kidney_l", 3.0, 90), ("spleen", 5.0, 100), ("stomach", 6.0, 120),
                                         ("liver", 9.0, 160)):
         an.warps[name] = Warp.draw(rng, amplitude, wavelength)
+
+
+def _draw_intensities(rng, an: Anatomy) -> None:
     # intensities
     aorta = {"plain": rng.uniform(35, 50), "arterial": rng.uniform(380, 520), "venous": rng.uniform(160, 200)}
     for i, phase in enumerate(PHASES):
@@ -141,6 +161,9 @@ def draw_anatomy(rng) -> Anatomy:
     an.blur_sigma = float(rng.uniform(0.5, 1.0))
     an.gas_level = float(rng.uniform(-55, -35))
     an.bowel_threshold = float(rng.uniform(-0.2, 0.3))
+
+
+def _draw_tumors(rng, an: Anatomy) -> None:
     # tumours: everything drawn for every host, whether used or not, so the stream never shifts
     limits = {1: 40.0, 2: 18.0, 4: 16.0, 13: 18.0}
     for host in TUMOR_HOSTS:
@@ -157,7 +180,6 @@ def draw_anatomy(rng) -> Anatomy:
                 "semi": rng.uniform(0.85, 1.15, 3), "angles": rng.normal(0, 0.6, 3),
                 "warp": Warp.draw(rng, 0.12 * radius, 2.5 * radius + 5),
             })
-    return an
 
 
 # ---- layout: grid, scale and origin -----------------------------------------------------------

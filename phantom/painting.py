@@ -91,49 +91,77 @@ def _paint_chain(canvas, chain, code, allowed, warp=None, width=0.0):
 
 
 def paint_skeleton(canvas: Canvas, an: Anatomy):
+    """Bones, the muscles organs may not take, the bladder and the posterior mediastinal fat, in this order."""
     bone_ok = lut([CAVITY, THORAX, DIAPH, MEDIAST, MUSCLE, SUBFAT])
     # the column behind the vertebral bodies is muscle, never cavity or lung
     sl = canvas.box((-32, 40, -270), (32, 140, 600))
     if sl is not None:
         Z, Y, X = canvas.coords(sl)
         canvas.paint(sl, (Y > 46) & (np.abs(X) < 30), MUSCLE, lut([CAVITY, THORAX, DIAPH]))
+    _paint_spine(canvas, bone_ok)
+    _paint_ribs(canvas, an, bone_ok)
+    _paint_pelvis(canvas, bone_ok)
+    # muscles (reserved: organs do not take them)
+    for side in ("r", "l"):
+        for name in ("psoas", "paraspinal", "quadratus"):
+            _paint_chain(canvas, an.chains[f"{name}_{side}"], MUSCLE, lut([CAVITY, THORAX, DIAPH]))
+    bladder = Ellipsoid(np.array([0.0, -48.0, -262.0]), np.eye(3), np.array([45.0, 36.0, 34.0]))
+    sl = ellipsoid_box(canvas, [bladder], None)
+    if sl is not None:
+        canvas.paint(sl, bladder.r2(*canvas.coords(sl)) < 1, BLADDER, _FREE)
+    # posterior mediastinum fat band (the aorta and oesophagus are painted into it later)
+    sl = canvas.box((-40, -20, 60), (50, 60, 600))
+    if sl is not None:
+        Z, Y, X = canvas.coords(sl)
+        canvas.paint(sl, ((X - 8) / 32) ** 2 + ((Y - 22) / 34) ** 2 < 1, MEDIAST, lut([THORAX]))
+
+
+def _paint_spine(canvas: Canvas, bone_ok: np.ndarray) -> None:
     # spine: vertebral bodies, discs, canal, posterior elements
     sl = canvas.box((-60, 20, -270), (60, 125, 600))
-    if sl is not None:
-        Z, Y, X = canvas.coords(sl)
-        z = Z[:, 0, 0]
-        a = np.interp(z, [-270, -170, 60, 140], [40, 26, 24, 17]).astype(np.float32)[:, None, None]
-        b = np.interp(z, [-270, -170, 60, 140], [16, 19, 18, 15]).astype(np.float32)[:, None, None]
-        yc = (np.interp(z, [-270, -170, 0, 140, 400], [88, 58, 46, 52, 50])).astype(np.float32)[:, None, None]
-        frac = np.mod((Z - 4.0) / 32.0, 1.0)
-        disc = (frac < 0.2) & (Z > -175)
-        e = (X / a) ** 2 + ((Y - yc) / b) ** 2
-        body = e < 1
-        code = np.where(disc, np.uint8(DISC), np.where(e > (1 - 3.0 / b) ** 2, np.uint8(CORTEX), np.uint8(MARROW)))
-        canvas.paint(sl, body, code, bone_ok)
-        canal_y = yc + b + 10
-        rc = np.sqrt(X ** 2 + (Y - canal_y) ** 2)
-        posterior = (Z > -175) & ~disc & (frac < 0.85)
-        ring = posterior & (rc >= 9) & (rc < 15) & (Y > canal_y - 12)
-        spinous = posterior & (np.abs(X) < 4) & (Y > canal_y + 10) & (Y < canal_y + 36)
-        transverse = posterior & (frac > 0.4) & (frac < 0.65) & (np.abs(Y - canal_y + 4) < 4) & \
-            (np.abs(X) > 10) & (np.abs(X) < 36)
-        canvas.paint(sl, ring | spinous | transverse, CORTEX, bone_ok)
-        canvas.paint(sl, (rc < 9) & (Z > -175), CSF, bone_ok)
+    if sl is None:
+        return
+    Z, Y, X = canvas.coords(sl)
+    z = Z[:, 0, 0]
+    a = np.interp(z, [-270, -170, 60, 140], [40, 26, 24, 17]).astype(np.float32)[:, None, None]
+    b = np.interp(z, [-270, -170, 60, 140], [16, 19, 18, 15]).astype(np.float32)[:, None, None]
+    yc = (np.interp(z, [-270, -170, 0, 140, 400], [88, 58, 46, 52, 50])).astype(np.float32)[:, None, None]
+    frac = np.mod((Z - 4.0) / 32.0, 1.0)
+    disc = (frac < 0.2) & (Z > -175)
+    e = (X / a) ** 2 + ((Y - yc) / b) ** 2
+    body = e < 1
+    code = np.where(disc, np.uint8(DISC), np.where(e > (1 - 3.0 / b) ** 2, np.uint8(CORTEX), np.uint8(MARROW)))
+    canvas.paint(sl, body, code, bone_ok)
+    canal_y = yc + b + 10
+    rc = np.sqrt(X ** 2 + (Y - canal_y) ** 2)
+    posterior = (Z > -175) & ~disc & (frac < 0.85)
+    ring = posterior & (rc >= 9) & (rc < 15) & (Y > canal_y - 12)
+    spinous = posterior & (np.abs(X) < 4) & (Y > canal_y + 10) & (Y < canal_y + 36)
+    transverse = posterior & (frac > 0.4) & (frac < 0.65) & (np.abs(Y - canal_y + 4) < 4) & \
+        (np.abs(X) > 10) & (np.abs(X) < 36)
+    canvas.paint(sl, ring | spinous | transverse, CORTEX, bone_ok)
+    canvas.paint(sl, (rc < 9) & (Z > -175), CSF, bone_ok)
+
+
+def _paint_ribs(canvas: Canvas, an: Anatomy, bone_ok: np.ndarray) -> None:
     # ribs: sloping bands in the muscle wall from the costal margin to the apex
     sl = canvas.box((-200, -200, -40), (200, 200, 330))
-    if sl is not None:
-        Z, Y, X = canvas.coords(sl)
-        z = Z[:, 0, 0].astype(np.float64)
-        cav_a = np.interp(z, [-120, 0, 80, 160, 330], [128, 135, 135, 130, 120]) * an.cavity["a"]
-        cav_bf = np.interp(z, [-120, 0, 80, 160, 330], [84, 88, 90, 85, 80]) * an.cavity["b"]
-        cav_bb = np.interp(z, [-120, 0, 80, 160, 330], [94, 100, 100, 100, 95]) * an.cavity["b"]
-        inner = _half_width(Y, cav_a + 1, cav_bf + 1, cav_bb + 1)
-        outer = _half_width(Y, cav_a + 9, cav_bf + 9, cav_bb + 9)
-        z_margin = -30 + 110 * np.clip(-Y / 100.0, 0, 1)  # the costal margin rises anteriorly
-        band = (np.mod((Z + 0.45 * (100 - Y)) / 36.0, 1.0) < 0.3) & (Z > z_margin)  # (nz, ny, 1)
-        ax = np.abs(X)
-        canvas.paint(sl, (ax >= inner) & (ax < outer) & band & (ax > 12), RIB, bone_ok)
+    if sl is None:
+        return
+    Z, Y, X = canvas.coords(sl)
+    z = Z[:, 0, 0].astype(np.float64)
+    cav_a = np.interp(z, [-120, 0, 80, 160, 330], [128, 135, 135, 130, 120]) * an.cavity["a"]
+    cav_bf = np.interp(z, [-120, 0, 80, 160, 330], [84, 88, 90, 85, 80]) * an.cavity["b"]
+    cav_bb = np.interp(z, [-120, 0, 80, 160, 330], [94, 100, 100, 100, 95]) * an.cavity["b"]
+    inner = _half_width(Y, cav_a + 1, cav_bf + 1, cav_bb + 1)
+    outer = _half_width(Y, cav_a + 9, cav_bf + 9, cav_bb + 9)
+    z_margin = -30 + 110 * np.clip(-Y / 100.0, 0, 1)  # the costal margin rises anteriorly
+    band = (np.mod((Z + 0.45 * (100 - Y)) / 36.0, 1.0) < 0.3) & (Z > z_margin)  # (nz, ny, 1)
+    ax = np.abs(X)
+    canvas.paint(sl, (ax >= inner) & (ax < outer) & band & (ax > 12), RIB, bone_ok)
+
+
+def _paint_pelvis(canvas: Canvas, bone_ok: np.ndarray) -> None:
     # pelvis: iliac wings, sacrum, femoral heads, necks, shafts, pubic and ischial rami
     sl = canvas.box((-220, -120, -700), (220, 130, -120))
     if sl is not None:
@@ -162,19 +190,6 @@ def paint_skeleton(canvas: Canvas, an: Anatomy):
         for a, b, r in (((sign * 78, -25, -285), (sign * 12, -68, -300), 9.0),
                         ((sign * 82, 10, -292), (sign * 60, 35, -330), 12.0)):
             _paint_chain(canvas, Chain(np.array([a, b]), np.array([r, r])), RIB, bone_ok)
-    # muscles (reserved: organs do not take them)
-    for side in ("r", "l"):
-        for name in ("psoas", "paraspinal", "quadratus"):
-            _paint_chain(canvas, an.chains[f"{name}_{side}"], MUSCLE, lut([CAVITY, THORAX, DIAPH]))
-    bladder = Ellipsoid(np.array([0.0, -48.0, -262.0]), np.eye(3), np.array([45.0, 36.0, 34.0]))
-    sl = ellipsoid_box(canvas, [bladder], None)
-    if sl is not None:
-        canvas.paint(sl, bladder.r2(*canvas.coords(sl)) < 1, BLADDER, _FREE)
-    # posterior mediastinum fat band (the aorta and oesophagus are painted into it later)
-    sl = canvas.box((-40, -20, 60), (50, 60, 600))
-    if sl is not None:
-        Z, Y, X = canvas.coords(sl)
-        canvas.paint(sl, ((X - 8) / 32) ** 2 + ((Y - 22) / 34) ** 2 < 1, MEDIAST, lut([THORAX]))
 
 
 def _paint_ellipsoid_organ(canvas, ellipsoids, warp, code_fn, allowed=_FREE, cut=None):
