@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.core.labels import TUMOR_LABEL
+
 REPO = Path(__file__).resolve().parent.parent
-TUMOR = 14
 
 
 def run_inference(source: Path, input_path: Path, output: Path, extra: list[str]) -> dict:
@@ -54,7 +55,7 @@ def run_inference(source: Path, input_path: Path, output: Path, extra: list[str]
 def compare(labels_path: str, reference_path: str) -> dict:
     from inference.io.images import read_image
     labels, reference = read_image(labels_path)[0], read_image(reference_path)[0]
-    organs = (labels != TUMOR) & (reference != TUMOR)
+    organs = (labels != TUMOR_LABEL) & (reference != TUMOR_LABEL)
     return {"identical": bool(np.array_equal(labels, reference)),
             "organ_labels_identical_outside_tumor": bool(np.array_equal(labels[organs], reference[organs])),
             "voxels_differing": int(np.count_nonzero(labels != reference))}

@@ -30,10 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from inference.core.labels import ORGAN_LABELS, TUMOR_LABEL
 
-ORGAN_LABELS = tuple(range(1, 14))
-TUMOR = 14
+log = logging.getLogger(__name__)
 
 
 class PooledAgreement:
@@ -68,7 +67,7 @@ def stage_agreements(weights: Path, cases: Sequence[tuple[str, Path]]) -> dict[s
     manifest = load_manifest(weights)
     stages = CascadeInTwoPrecisions(manifest)
     pooled = {stages.name(manifest.organ_folder): PooledAgreement(ORGAN_LABELS),
-              **{stages.name(s.folder): PooledAgreement((TUMOR,)) for s in manifest.tumor_stages}}
+              **{stages.name(s.folder): PooledAgreement((TUMOR_LABEL,)) for s in manifest.tumor_stages}}
     for case_id, image in cases:
         volume, geometry = read_ct(image)
         organ_fp32, organ_bf16, reference, with_bf16_tumor = stages.run_case(volume, geometry)
