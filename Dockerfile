@@ -4,8 +4,13 @@
 # Build here (no registry, CPU torch, local wheelhouse; see docker/test_image.sh):
 #   docker build --network host --build-arg BASE_IMAGE=local/debian:bookworm \
 #       --build-arg PIP_INSTALL_ARGS=--no-index --build-arg WEIGHTS_DIR=docker/test-weights -t flare-engine .
+# The legacy builder (no BuildKit) keeps the build stage as an untagged image: build and tag it
+# first (`docker build --target build -t flare-engine:build-stage ...`, the same arguments), and the
+# full build reuses it from the cache; BuildKit leaves no stage image at all.
 # Run (the organisers' command): docker container run --gpus "device=0" -m 28G --rm \
 #   -v $PWD/inputs/:/workspace/inputs/ -v $PWD/outputs/:/workspace/outputs/ flare-engine /bin/bash -c "sh predict.sh"
+# The container starts as root: predict.sh runs the engine as an unprivileged user and hands the
+# label maps over to whoever owns the outputs folder (see predict.sh).
 #
 # Base image: any Debian/Ubuntu with Python >= 3.11 in apt (numpy 2.4 and scipy 1.17 need 3.11, so the
 # ubuntu22.04 CUDA images, Python 3.10, do not work). For a release, pin the digest:
@@ -21,7 +26,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# `pip check` would fail by design: dynamic-network-architectures declares timm, deliberately left out.
 # torch, pinned: on PyPI (Linux) `torch==2.13.0` is the CUDA build; docker/test_image.sh builds
 # with the CPU wheel (2.13.0+cpu) from the wheelhouse docker/wheels/. Installed first, so that no
 # later requirement can pull another torch.
@@ -33,12 +37,14 @@ ARG INSTALL_GPU_EXTRAS=0
 COPY requirements.txt requirements-gpu.txt /tmp/requirements/
 COPY docker/wheels/ /tmp/wheels/
 RUN pip install $PIP_INSTALL_ARGS --find-links /tmp/wheels "$TORCH_REQUIREMENT" \
- # --no-deps: its declared timm dependency serves only transformer architectures we never accept
- # and would pull torchvision and a second, CUDA torch (see requirements.txt).
- && pip install $PIP_INSTALL_ARGS --find-links /tmp/wheels --no-deps dynamic-network-architectures==0.4.4 \
  && pip install $PIP_INSTALL_ARGS --find-links /tmp/wheels -r /tmp/requirements/requirements.txt \
  && if [ "$INSTALL_GPU_EXTRAS" = 1 ]; then \
         pip install $PIP_INSTALL_ARGS --find-links /tmp/wheels -r /tmp/requirements/requirements-gpu.txt; fi \
+ # Last, and --no-deps: its declared timm serves only transformer architectures we never accept and
+ # would pull torchvision and a second, CUDA torch (requirements.txt). Installed last, no later pip
+ # run reports the missing timm as a conflict ("ERROR: pip's dependency resolver ..."); `pip check`
+ # would, by design. Its real imports (torch, numpy) are installed above; the import below proves it.
+ && pip install $PIP_INSTALL_ARGS --find-links /tmp/wheels --no-deps dynamic-network-architectures==0.4.4 \
  && python -c "import torch, numpy, scipy, SimpleITK, cc3d, dynamic_network_architectures.architectures.unet"
 
 # ---------------------------------------------------------------- runtime stage
@@ -50,8 +56,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
-# Non-root by default. FLARE bind-mounts the outputs folder: build with --build-arg UID=$(id -u)
-# of the user who owns it, or make it writable for this UID.
+# The unprivileged user predict.sh runs the engine as when root owns the outputs folder (a folder
+# that another user owns is written as that user). Its UID does not matter to the organisers.
 # (ubuntu24.04 images already hold user "ubuntu" with UID 1000: whoever holds the UID gives it up.)
 ARG UID=1000
 RUN if getent passwd "$UID" >/dev/null; then userdel --remove "$(getent passwd "$UID" | cut -d: -f1)" 2>/dev/null; fi; \
@@ -64,17 +70,20 @@ COPY inference/ /workspace/inference/
 COPY phantom/ /workspace/phantom/
 COPY ${WEIGHTS_DIR}/ /workspace/weights/
 COPY predict.sh /workspace/predict.sh
-# Byte-compile once at build (the runtime user cannot write __pycache__; each case starts a new
+# Byte-compile once at build (the engine's user cannot write __pycache__; each case starts a new
 # container, so compiling at every start would cost every case), verify every weight file's SHA-256.
 RUN python -m compileall -q /workspace/inference /workspace/phantom \
  && python -c "from inference.cascade.cascade_json import load_manifest; load_manifest('weights')" \
  && chmod -R a+rX /workspace
 
-USER predictor
-ENV HOME=/home/predictor
-# Self-test on a synthetic CT with the shipped weights: the image cannot be built if it cannot segment.
-RUN python -m inference --demo /tmp/selftest --device cpu --no-progress \
+# Self-test on a synthetic CT with the shipped weights, the way the organisers run the image: as
+# root, through predict.sh's privilege drop and hand-over (the demo input is written, and segmented
+# once, by the unprivileged user). The image cannot be built if it cannot segment.
+RUN setpriv --reuid=predictor --regid=predictor --clear-groups env HOME=/tmp \
+        python -m inference --demo /tmp/selftest --device cpu --no-progress \
  && test -s /tmp/selftest/outputs/demo.nii.gz \
- && rm -rf /tmp/selftest
+ && INPUT_DIR=/tmp/selftest/inputs OUTPUT_DIR=/tmp/selftest/handover sh predict.sh \
+ && test "$(stat -c %U:%a /tmp/selftest/handover/demo.nii.gz)" = root:644 \
+ && rm -rf /tmp/selftest /tmp/run_report.json
 
 CMD ["sh", "predict.sh"]

@@ -1,9 +1,12 @@
-"""Check a container run: one <ID>.nii.gz per input, nothing else, each with the input's exact geometry.
+"""Check a container run: one <ID>.nii.gz per input, nothing else, each with the input's exact geometry
+and, with --owner, owned by UID:GID with mode 0644 (the outputs folder's owner, as predict.sh promises).
 
-    python docker/check_outputs.py INPUT_DIR OUTPUT_DIR      (exit 1 on any mismatch)
+    python docker/check_outputs.py INPUT_DIR OUTPUT_DIR [--owner UID:GID]     (exit 1 on any mismatch)
 """
 from __future__ import annotations
 
+import argparse
+import stat
 import sys
 from pathlib import Path
 
@@ -11,7 +14,13 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def main(inputs: Path, outputs: Path) -> int:
+def ownership_problems(path: Path, owner: str) -> list[str]:
+    status = path.stat()
+    found = f"{status.st_uid}:{status.st_gid} mode {stat.S_IMODE(status.st_mode):04o}"
+    return [] if found == f"{owner} mode 0644" else [f"{path.name}: owner {found}, expected {owner} mode 0644"]
+
+
+def main(inputs: Path, outputs: Path, owner: str | None = None) -> int:
     problems = []
     expected = {p.name.replace("_0000.nii.gz", ".nii.gz"): p for p in sorted(inputs.glob("*_0000.nii.gz"))}
     found = sorted(p.name for p in outputs.iterdir())
@@ -29,6 +38,8 @@ def main(inputs: Path, outputs: Path) -> int:
         values = np.unique(sitk.GetArrayViewFromImage(labels))
         if labels.GetPixelID() != sitk.sitkUInt8 or values.max(initial=0) > 14:
             problems.append(f"{name}: {labels.GetPixelIDTypeAsString()} labels {values.tolist()}, expected uint8 0..14")
+        if owner:
+            problems += ownership_problems(target, owner)
         print(f"{name}: size {labels.GetSize()}, labels {values.tolist()}")
     for problem in problems:
         print("PROBLEM:", problem)
@@ -36,4 +47,9 @@ def main(inputs: Path, outputs: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", type=Path)
+    parser.add_argument("outputs", type=Path)
+    parser.add_argument("--owner", metavar="UID:GID", help="expected owner of every output (mode 0644)")
+    arguments = parser.parse_args()
+    sys.exit(main(arguments.inputs, arguments.outputs, arguments.owner))
