@@ -54,7 +54,8 @@ fatal() {  # the engine's wording for a fatal error, and its exit code 3
 
 check_output_folder() {  # what the engine checks itself when it writes in place
     probe="$OUTPUT_DIR/.write-test-$$"
-    error=$({ mkdir -p "$OUTPUT_DIR" && touch "$probe"; } 2>&1) || fatal "$OUTPUT_DIR: output folder not writable (${error##*: })"
+    error=$({ mkdir -p "$OUTPUT_DIR" && touch "$probe"; } 2>&1) \
+        || fatal "$OUTPUT_DIR: output folder not writable (${error##*: })"
     rm -f "$probe"
     [ "$(cd "$OUTPUT_DIR" && pwd -P)" != "$(cd "$INPUT_DIR" 2>/dev/null && pwd -P)" ] \
         || fatal "$OUTPUT_DIR: output folder must differ from the input folder"

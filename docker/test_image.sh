@@ -101,11 +101,14 @@ dangling() { docker image ls -q --no-trunc -f dangling=true | sort; }
 dangling >"$WORK/dangling.before"
 previous=$(docker image inspect -f '{{.Id}}' "$STAGE_TAG" "$IMAGE" 2>/dev/null || true)
 started=$(date +%s)
-{ docker build "${build_args[@]}" --target build -t "$STAGE_TAG" . && docker build "${build_args[@]}" -t "$IMAGE" .; } \
-    >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; echo "docker build failed"; exit 1; }
+{ docker build "${build_args[@]}" --target build -t "$STAGE_TAG" . \
+    && docker build "${build_args[@]}" -t "$IMAGE" .; } >"$WORK/build.log" 2>&1 \
+    || { tail -n 40 "$WORK/build.log"; echo "docker build failed"; exit 1; }
 echo "built in $(( $(date +%s) - started )) s"
 for id in $previous; do  # a rebuild untags the images it replaces: remove exactly those
-    [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ] && docker image rm "$id" >/dev/null || true
+    if [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ]; then
+        docker image rm "$id" >/dev/null || true
+    fi
 done
 status=0
 new_dangling=$(dangling | comm -13 "$WORK/dangling.before" -)
@@ -113,7 +116,8 @@ new_dangling=$(dangling | comm -13 "$WORK/dangling.before" -)
 if grep -n "ERROR" "$WORK/build.log"; then echo "FAIL: the build log reports errors (above)"; status=1; fi
 SIZE=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "image size: $(( SIZE / 1000000 )) MB ($SIZE bytes); build stage kept as $STAGE_TAG for the cache"
-echo "default user: '$(docker image inspect -f '{{.Config.User}}' "$IMAGE")' (root), workdir $(docker image inspect -f '{{.Config.WorkingDir}}' "$IMAGE")"
+echo "default user: '$(docker image inspect -f '{{.Config.User}}' "$IMAGE")' (empty: root)," \
+    "workdir $(docker image inspect -f '{{.Config.WorkingDir}}' "$IMAGE")"
 
 step "is PyPI reachable from inside a container here? (informational)"
 docker run --rm --network host "$IMAGE" python -c "
