@@ -48,13 +48,13 @@ def test_no_allowed_axes_is_the_network_itself():
 
 def test_engine_with_tta_runs_every_mirrored_pass_of_a_real_model(tmp_path):
     folder = make_model_folder(tmp_path / "m", labels={"background": 0, "liver": 1}, bias_class=0)
-    model = load_model(folder)
-    calls = []
-    original = model.networks[0].forward
-    model.networks[0].forward = lambda x: calls.append(tuple(x.shape)) or original(x)
     volume = np.random.default_rng(0).normal(0, 300, (20, 40, 40)).astype(np.float32)
     plain = ModelRunner(load_model(folder), EngineOptions()).segment(volume, (2.5, 1.6, 1.6), {})
-    mirrored = ModelRunner(model, EngineOptions(tta=True)).segment(volume, (2.5, 1.6, 1.6), {})
+    runner = ModelRunner(load_model(folder), EngineOptions(tta=True))
+    assert isinstance(runner.model, MirroredNetwork)
+    calls, network = [], runner.model.network  # count the passes of whatever runs the network
+    runner.model.network = lambda x: calls.append(tuple(x.shape)) or network(x)
+    mirrored = runner.segment(volume, (2.5, 1.6, 1.6), {})
     tiles = len(calls) // 8
     assert len(calls) == 8 * tiles and tiles >= 1  # checkpoint allows (0, 1, 2): 8 passes per tile
     assert mirrored.shape == plain.shape == volume.shape and mirrored.dtype == np.uint8
