@@ -55,6 +55,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# FLARE scores seconds per case: past 60 s a case skips its remaining tumor stages and is still written
+# (the organ stage always runs). `docker run -e FLARE_CASE_TIME_BUDGET=` (empty) removes the bound.
+ENV FLARE_CASE_TIME_BUDGET=60
 
 # The unprivileged user predict.sh runs the engine as when root owns the outputs folder (a folder
 # that another user owns is written as that user). Its UID does not matter to the organisers.

@@ -1,7 +1,7 @@
 """How fast this machine trains the demo's networks: seconds per training iteration of a model
 folder's network (plans architecture, patch size and batch size; deep supervision, AdamW) on random
 data, without nnU-Net's data loading. Half a minute; run it before `make weights` to see whether a
-machine is the speed the 90-minute demo budget was measured on (BENCHMARKS.md, "Training on this CPU").
+machine is the speed the 90-minute demo budget was measured on (BENCHMARKS.md, "Training").
 
     python -m benchmarks.training_speed --model weights/organ --threads 2
 """

@@ -137,7 +137,7 @@ def test_native_bf16_probe_uses_torchs_cpu_feature_checks(monkeypatch):
 
 
 def test_presets_validate_the_precision():
-    # the shipped weights were trained in fp32; bf16 is an override (BENCHMARKS.md, "bf16 training on the CPU")
+    # the shipped weights were trained in fp32; bf16 is an override (BENCHMARKS.md, "Training": "bf16 training on the CPU")
     assert {DEMO.organ_first.cpu_precision, DEMO.organ.cpu_precision, DEMO.tumor.cpu_precision} == {"fp32"}
     with pytest.raises(ValueError, match="cpu_precision"):
         NetworkPreset(patch_size=(8, 16, 16), batch_size=1, epochs=1, iterations_per_epoch=1, cpu_precision="half")

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (WEIGHTS / "cascade.json").is_file(), reason
 # scaled to a field of view of about 150 mm), seed outside every seed the demo run drew.
 HELD_OUT = dict(seed=987_654, shape=(60, 150, 150), spacing=(4.0, 1.0, 1.0), phase="venous",
                 direction=(-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
-# Measured on this case when the weights were committed (BENCHMARKS.md, "The demo preset end to end"),
+# Measured on this case when the weights were committed (BENCHMARKS.md, "Accuracy of the shipped weights"),
 # less a margin for other CPUs' arithmetic: the test fails when the weights stop segmenting organs.
 MIN_MEAN_ORGAN_DSC = 0.70  # measured 0.79 and 0.80 with earlier demo weights, 2-core CPU
 

@@ -4,7 +4,7 @@ nnU-Net autocasts the forward pass and loss of its train and validation steps (f
 gradient scaler) on CUDA only; on a CPU it trains in fp32, because there autocast is "slow as heck"
 (its comment). That holds for CPUs that emulate bf16, not for those with AMX or AVX512-BF16 units:
 there the demo's networks train about twice as fast per iteration in bf16 (`python -m
-benchmarks.training_speed --precision bf16`; BENCHMARKS.md, "bf16 training on the CPU").
+benchmarks.training_speed --precision bf16`; BENCHMARKS.md, "Training": "bf16 training on the CPU").
 bf16 needs no gradient scaler: it has fp32's exponent range.
 """
 from __future__ import annotations

@@ -56,13 +56,14 @@ class NetworkPreset:
     initial_lr: float = 0.01
     # False: nnU-Net's nnUNetTrainerNoDA (no spatial/intensity augmentation, no mirroring). The short
     # CPU schedules use it: it is several times cheaper per iteration on a CPU. The demo organ model
-    # is limited by generalisation, not iterations (BENCHMARKS.md, "Twice the organ iterations do
-    # not help the held-out cases"); whether augmentation pays within its budget is not measured.
+    # is limited by generalisation, not iterations (BENCHMARKS.md, "How we got here":
+    # "Twice the organ iterations, or more phantoms, same iterations"); whether augmentation pays within its budget is not measured.
     augmentation: bool = True
     # "sgd": nnU-Net's default (SGD Nesterov momentum 0.99). "adam": the AdamW of nnU-Net's
     # nnUNetTrainerAdam variant. The demo's 8-feature networks need Adam: with SGD at lr 0.01 they
     # cannot even overfit one fixed batch in 200 steps (everything collapses to background), with
-    # AdamW at 3e-3 the liver appears after 25 iterations (BENCHMARKS.md, "Training on this CPU").
+    # AdamW at 3e-3 the liver appears after 25 iterations (BENCHMARKS.md, "How we got here":
+    # "Training from scratch on the CPU: SGD's plateau, AdamW").
     optimizer: str = "sgd"
     # On the CPU: "fp32" (nnU-Net's choice there), "bf16" (autocast of the forward pass, as nnU-Net
     # does with fp16 on CUDA), "auto" (bf16 where the CPU has AMX or AVX512-BF16 units, else fp32).
@@ -178,13 +179,14 @@ DEMO_PATIENT_SCALE = 0.3
 # predicting background and the first organ (the liver) only leaves that plateau after about 1000
 # iterations, every other organ after more than 2500; with the AdamW of nnU-Net's nnUNetTrainerAdam at
 # lr 3e-3 the liver appears after 25 iterations and liver, right kidney, spleen, aorta and stomach
-# by 450 (BENCHMARKS.md, "Training on this CPU"). Hence Adam for every demo model, no augmentation
+# by 450 (BENCHMARKS.md, "How we got here": "Training from scratch on the CPU"). Hence Adam for every demo model, no augmentation
 # (nnUNetTrainerNoDA: several times cheaper per iteration on this CPU), 1000 / 2500 organ iterations
 # (the step-1 model only pseudo-labels the 34 cases without full labels) and 600 per tumor model (300
 # left twice the false tumour lesions). Speed with 2 threads, patch 32x80x80 batch 2, 8-96 features:
 # 0.48-0.57 s per organ iteration on the faster 2-core dev machines, 0.92-1.12 s on the slower ones;
 # `python -m benchmarks.training_speed` measures a machine in half a minute. Measured end to end
-# (BENCHMARKS.md, "Half the step-1 organ iterations" and "... side-by-side tumour models"): 90.0 min
+# (BENCHMARKS.md, "Training" and "How we got here": "Longer tumour training, half the step-1 organ
+# iterations"): 90.0 min
 # with the tumor models one after another; 130 min with two side by side
 # (`--parallel 2`, 1.35-1.47x the throughput) on a machine 1.7x slower per organ unit.
 # bf16 training (`--set organ_first.cpu_precision=auto --set organ.cpu_precision=auto --set
@@ -209,14 +211,14 @@ DEMO = Preset(
                         initial_lr=3e-3, augmentation=False, optimizer="adam"),
     # Data, not iterations, limits these models: the same 2500 organ iterations on 60 fully labelled
     # phantoms instead of an earlier 31 cases (8 fully labelled) raised the held-out organ DSC from
-    # 0.68 to 0.81 (BENCHMARKS.md, "More phantoms, same iterations"). Phantoms cost about 0.2 s each to draw and
+    # 0.68 to 0.81 (BENCHMARKS.md, "How we got here": "... or more phantoms, same iterations"). Phantoms cost about 0.2 s each to draw and
     # 0.4 s to preprocess; only the partial, tumor-only and unlabelled cases cost pseudo-label time.
     data=SyntheticData(n_labeled=100, n_partial=12, n_tumor_only=6, n_unlabeled=16, n_validation=12, seed=2023,
                        max_voxels=1_200_000, random_geometry=True, tumor_probability=0.7),
     # The contrast switch is off (threshold 0 HU: every scan counts as enhanced): the phantoms' kidney
     # tumours are 30-80 HU off their host in every phase, so gating the kidney models by phase only loses
     # tumours (earlier weights, 8 training phantoms: tumor DSC 0.33 with the public 445 HU, 0.48 without
-    # the switch; BENCHMARKS.md, "Where the tumours go"). Real data keeps the public threshold (`paper`).
+    # the switch; BENCHMARKS.md, "How we got here": "Where the tumours go"). Real data keeps the public threshold (`paper`).
     cascade={**scaled_cascade(DEMO_PATIENT_SCALE), "contrast_hu_threshold": 0.0},
     pseudo_tumor_min_mm3=round(PUBLIC_PSEUDO_TUMOR_MIN_MM3 * DEMO_PATIENT_SCALE ** 3, 3),
     use_real_ct=True,

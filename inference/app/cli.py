@@ -60,7 +60,7 @@ def _add_memory_budget(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from inference.core.choices import (DEFAULT_PRECISION, DEFAULT_RESAMPLING, DEVICES, EXPORT_METHODS,
-                                        PRECISION_CHOICES, QA_MODES, RESAMPLINGS)
+                                        PRECISION_CHOICES, RESAMPLINGS)
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", type=Path, help="folder of scans, one scan file, or a DICOM folder")
@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "linear up, logits back linearly: no third-order spline, but labels that agree less with "
                              "nnU-Net's (BENCHMARKS.md, \"Engine vs nnU-Net's predictor (CPU)\")")
     _add_memory_budget(parser)
+    _add_output_options(parser)
+    _add_input_and_batch_options(parser)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Threads, report, side outputs (volumes, preview, quality flags, DICOM SEG), demo and orientation."""
+    from inference.core.choices import QA_MODES
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--report", type=Path, default=None,
                         help="JSON run report (default: OUTPUT/run_report.json; '-' disables)")
@@ -102,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-orientation", action="store_true",
                         help="run the models on the arrays as stored (default: permute/flip each scan's axes to "
                              "the canonical layout, direction diag(-1,-1,1), and back; exact, no resampling)")
+
+
+def _add_input_and_batch_options(parser: argparse.ArgumentParser) -> None:
+    """Batches over many processes, test-time mirroring, what counts as CT, DICOM series, the time budget."""
     batch = parser.add_argument_group("batches over many processes (docs/BATCH.md)")
     batch.add_argument("--num-parts", type=int, default=1, help="split the input's cases into N parts (default 1)")
     batch.add_argument("--part-id", type=int, default=0,
@@ -120,9 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--case-time-budget", type=_budget_seconds, metavar="SECONDS", default=None,
                         help="seconds per case: tumor stages that would end past it are skipped, the case is still "
                              "written (default: $FLARE_CASE_TIME_BUDGET, else unbounded)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
 
 
 def configure_logging(verbose: bool) -> None:
@@ -150,7 +161,7 @@ def write_demo_input(folder: Path) -> Path:
     Drawn like the shipped demo weights' training data (training.dataset at 1.2 M voxels): the
     phantom generator scales the patient to the field of view, and those weights learned patients
     of 110-170 mm fields of view; on an adult-sized 336-mm phantom they reach a mean organ Dice of
-    0.18 instead of about 0.8 (BENCHMARKS.md, "The demo preset end to end")."""
+    0.18 instead of about 0.8 (BENCHMARKS.md, "Accuracy of the shipped weights")."""
     from inference.io.images import write_labels
     from phantom import make_phantom, write_phantom
     phantom = make_phantom(2026, shape=(80, 150, 150), spacing=(3.0, 1.0, 1.0), phase="venous",
@@ -225,7 +236,7 @@ def run(args) -> int:
     cases = plan.to_run
     # The first scan is read while torch is imported and the weights load: SimpleITK releases the
     # GIL while it decodes, and a fresh process spends seconds in `import torch` (4.8 s on the H100
-    # machine, BENCHMARKS.md "GPU check").
+    # machine, BENCHMARKS.md "GPU memory and time").
     with ThreadPoolExecutor(1) as prefetch:
         first_read = prefetch.submit(read_case, cases[0], args.assume_ct)
         import torch

@@ -273,7 +273,7 @@ class CascadeSegmenter:
             for stage in self.tumor_stages:
                 _check_tumor_labels(stage)
             # The tumor models load on a thread while the first case's organ stage runs (1.3-1.9 s
-            # of a fresh GPU process, BENCHMARKS.md "GPU check"). Their files were checksummed with
+            # of a fresh GPU process, BENCHMARKS.md "GPU memory and time"). Their files were checksummed with
             # the manifest and their labels checked above; a network that still fails to load
             # fails each case that reaches its stage, naming the folder.
             loader = ThreadPoolExecutor(1, thread_name_prefix="tumor-models")

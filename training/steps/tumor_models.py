@@ -69,7 +69,7 @@ class TumorModelSteps:
         """Threads of each tumor training when several run side by side on the CPU: the --threads
         budget shared between them, so the machine is not oversubscribed. These small networks use
         threads poorly: on the 2-core CPU two 1-thread trainings side by side did 1.35-1.47x the work
-        of one 2-thread training (BENCHMARKS.md, "Tumor trainings side by side"). None: the
+        of one 2-thread training (BENCHMARKS.md, "Tumour trainings side by side"). None: the
         backend's own count (one at a time, or a GPU, where the CPU threads only feed it)."""
         if self.options.parallel <= 1 or self.options.device != "cpu":
             return None
