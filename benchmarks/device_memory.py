@@ -48,10 +48,14 @@ def run_case(weights: Path, slices: int, budget_mb: float, seed: int) -> dict:
     from inference.engine.device_memory import recording
     from inference.engine.runner import EngineOptions, ModelRunner
     from inference.cascade.cascade_json import load_manifest
+    from inference.engine.lean_forward import LeanModel
     from inference.engine.model import LoadedModel, load_model
     from phantom import make_phantom
 
+    # The runner wraps every model in LeanModel (lean_forward): the dry network replaces that call too,
+    # or the paper-size networks would really run on the CPU.
     LoadedModel.__call__ = dry_network
+    LeanModel.__call__ = lambda self, batch: dry_network(self.model, batch)
     phantom = make_phantom(seed, shape=(slices, 512, 512), spacing=(2.5, 0.8, 0.8), phase="arterial",
                            fov="random", direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
     options = EngineOptions(precision="fp16", gpu_memory_budget_mb=budget_mb)
