@@ -54,7 +54,7 @@ StageFn = Callable[[np.ndarray, tuple, dict], np.ndarray]
 
 def cranio_caudal_axis(geometry: Geometry) -> tuple[int, float]:
     """(array axis most aligned with the patient's head-feet axis, +1/-1 if increasing index goes cranial)."""
-    axis = int(np.argmax([abs(geometry.axis_direction(a)[2]) for a in range(3)]))
+    axis = geometry.array_axis_along(2)
     return axis, geometry.cranial_sign(axis)
 
 

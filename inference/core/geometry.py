@@ -55,6 +55,11 @@ class Geometry:
         """Physical unit vector along array axis 0 (z), 1 (y) or 2 (x)."""
         return self.direction_matrix[:, 2 - array_axis]
 
+    def array_axis_along(self, physical_axis: int) -> int:
+        """The array axis (0 z, 1 y, 2 x) most aligned with physical axis 0 (x: patient's left), 1 (y:
+        posterior) or 2 (z: head), LPS."""
+        return int(np.argmax([abs(self.axis_direction(axis)[physical_axis]) for axis in range(3)]))
+
     def cranial_sign(self, array_axis: int = 0) -> float:
         """+1 if increasing index along `array_axis` moves towards the head, -1 if towards the feet.
 

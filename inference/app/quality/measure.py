@@ -53,11 +53,11 @@ class OrganMeasure:
 
 def cranio_caudal_axis(geometry: Geometry) -> int:
     """The array axis closest to the patient's head-feet axis (physical z)."""
-    return int(np.argmax([abs(geometry.axis_direction(axis)[2]) for axis in range(3)]))
+    return geometry.array_axis_along(2)
 
 
 def left_right_axis(geometry: Geometry) -> int:
-    return int(np.argmax([abs(geometry.axis_direction(axis)[0]) for axis in range(3)]))
+    return geometry.array_axis_along(0)
 
 
 def fov_length_mm(geometry: Geometry) -> float:
