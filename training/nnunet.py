@@ -179,6 +179,7 @@ def plan_and_preprocess(paths: NnUNetPaths, dataset_ids: int | Sequence[int], *,
                                spacing=spacing, patch_size=patch_size, batch_size=batch_size,
                                features_per_stage=features)
         plans_path = folder / f"{plans_name}.json"
+        from inference.io.images import write_json_atomic
         write_json_atomic(plans_path, canonical_class_names(derived))
         written.append(plans_path)
     preprocess_with_nnunet(paths, ids, plans_name=plans_name, configuration=configuration, num_processes=num_processes,
@@ -246,11 +247,6 @@ def fold_folder(paths: NnUNetPaths, dataset_id: int, *, plans_name: str, configu
     name = find_dataset_folder(paths.preprocessed, dataset_id).name
     trainer = TRAINER_NAME if augmentation else NO_AUGMENTATION_TRAINER_NAME
     return paths.results / name / f"{trainer}__{plans_name}__{configuration}" / f"fold_{fold}"
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    from inference.io.images import write_text_atomic
-    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from inference.cascade.cascade_json import sha256_of  # one SHA-256 helper for exports and the manifest check
-from training.nnunet import TRAINER_NAME, NnUNetPaths, fold_folder, write_json_atomic
+from inference.io.images import write_json_atomic
+from training.nnunet import TRAINER_NAME, NnUNetPaths, fold_folder
 
 STRIPPED_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes")
 

@@ -7,7 +7,6 @@ was demanded), raised before any case is touched.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -172,12 +171,6 @@ def write_demo_input(folder: Path) -> Path:
     (folder / "ground_truth").mkdir(exist_ok=True)
     write_labels(folder / "ground_truth" / "demo.nii.gz", phantom.labels, phantom.geometry)
     return inputs
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    from inference.io.images import write_text_atomic
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def main(argv=None) -> int:
@@ -387,4 +380,6 @@ def _write_report(args, options, reports, seconds: float, startup: dict, plan, p
         "batch": batch_summary(plan, reports, seconds, peak_rss_mb(), peak_gpu),
         "cases": [{k: v for k, v in r.as_dict().items()} for r in reports],
     }
+    from inference.io.images import write_json_atomic
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, payload)

@@ -7,6 +7,7 @@ temporary file in the destination folder, then `os.replace`, so a reader never s
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import os
 import struct
@@ -277,6 +278,11 @@ def write_text_atomic(path, text: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path, payload: dict) -> None:
+    """`payload` as indented JSON, written like `write_text_atomic` (never a partial file)."""
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def write_labels(path, labels: np.ndarray, geometry: Geometry) -> None:
