@@ -12,7 +12,7 @@ from inference.engine.preprocessing import Preprocessed
 
 
 def logits_to_labels_interpolated(logits: torch.Tensor, out_shape, plane_kernel: bool | None = None,
-                                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES
+                                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES, shrink: str = "area"
                                   ) -> tuple[np.ndarray, tuple[slice, ...] | None]:
     """Argmax of linearly resized logits, computed only where foreground can appear.
 
@@ -20,10 +20,11 @@ def logits_to_labels_interpolated(logits: torch.Tensor, out_shape, plane_kernel:
     The in-plane pass uses torch's interpolation kernel on whole planes or per-axis matrix
     products on the window, whichever is cheaper (`plane_kernel` forces one, for tests); both
     give the same values. `nearest_axes`: axes resized by nnU-Net's nearest neighbour instead
-    (its export of anisotropic scans: the thick axis with order_z 0).
+    (its export of anisotropic scans: the thick axis with order_z 0); `shrink`: how shrinking axes
+    are resized ("area" or nnU-Net's "linear").
     """
     return _interpolate_outputs(logits, 0, tuple(logits.shape[1:]), tuple(out_shape), (0, out_shape[0]), plane_kernel,
-                                nearest_axes)
+                                nearest_axes, shrink=shrink)
 
 
 def logits_to_labels_nearest(logits: torch.Tensor, out_shape) -> np.ndarray:
@@ -32,12 +33,12 @@ def logits_to_labels_nearest(logits: torch.Tensor, out_shape) -> np.ndarray:
 
 def export_labels(logits: torch.Tensor, pre: Preprocessed, transpose_backward, method: str = "logits",
                   label_values: list[int] | None = None,
-                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES) -> np.ndarray:
+                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES, shrink: str = "area") -> np.ndarray:
     """Labels (uint8) on the original input grid from model-resolution logits of one case."""
     _check_method(method)
     full = np.zeros(pre.transposed_shape, dtype=np.uint8)
     if method == "logits":
-        labels, window = logits_to_labels_interpolated(logits, pre.crop.shape, nearest_axes=nearest_axes)
+        labels, window = logits_to_labels_interpolated(logits, pre.crop.shape, nearest_axes=nearest_axes, shrink=shrink)
         if window is not None:
             crop_view = full[pre.crop.slices]
             crop_view[window] = labels

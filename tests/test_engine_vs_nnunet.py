@@ -58,8 +58,10 @@ def test_labels_close_to_nnunet_when_input_is_resampled(tmp_path):
 
 
 # model spacing 2.5 x 1.6 x 1.6 mm: separate z with z kept, one 3D spline, separate z with z resized
-# both ways (nearest neighbour along z for the input and for the logits)
-@pytest.mark.parametrize("spacing", [(2.5, 0.8, 0.8), (1.0, 0.9, 0.9), (2.0, 0.6, 0.6)])
+# both ways (nearest neighbour along z for the input and for the logits), and scans coarser than the
+# model on every axis or on some (one 3D spline; the logits shrink back by linear interpolation)
+@pytest.mark.parametrize("spacing", [(2.5, 0.8, 0.8), (1.0, 0.9, 0.9), (2.0, 0.6, 0.6), (3.0, 3.0, 3.0),
+                                     (4.0, 1.0, 2.4)])
 def test_labels_equal_nnunet_with_its_own_resampling(tmp_path, spacing):
     """resampling="nnunet" resamples the input and the logits as nnU-Net does, so the labels match
     nnU-Net's predictor as closely as at the model's own spacing, where "fast" does not."""

@@ -130,6 +130,58 @@ def test_nearest_z_export_equals_nnunet_semantics(monkeypatch, in_shape, out_sha
         assert (reference != linear).any()
 
 
+nnunet_resampling = None
+try:
+    from nnunetv2.preprocessing.resampling import default_resampling as nnunet_resampling
+except ImportError:  # training's dependency; the inference-only environment lacks it
+    pass
+
+
+# logits at model spacing (2.5 x 1.6 x 1.6 mm) back to a scan's grid: coarser on every axis (one 3D
+# resize), coarser along z only, and separate z (nearest) with the in-plane axes shrinking
+@pytest.mark.skipif(nnunet_resampling is None, reason="needs nnunetv2")
+@pytest.mark.parametrize("in_shape,scan_spacing", [((20, 24, 24), (3.0, 3.0, 3.0)), ((20, 24, 24), (4.0, 1.0, 2.4)),
+                                                   ((12, 30, 30), (6.0, 0.7, 2.0)), ((12, 30, 30), (8.0, 2.0, 2.0))])
+@pytest.mark.parametrize("border_limit", [0.0, 1.0])
+def test_linear_shrink_equals_nnunet_export(monkeypatch, in_shape, scan_spacing, border_limit):
+    """shrink="linear" with nnU-Net's nearest axes gives the labels of nnU-Net's own export
+    (`resample_data_or_seg_to_shape(is_seg=False, order=1, order_z=0, force_separate_z=None)`, the
+    plans' settings, of the logits, then argmax),
+    where averaging ("area") does not."""
+    from inference.resampling.nnunet import nearest_axes
+    monkeypatch.setattr(export, "SLAB_BYTES", 1)
+    monkeypatch.setattr(export, "BOUNDARY_SHARE_LIMIT", border_limit)
+    model_spacing = (2.5, 1.6, 1.6)
+    out_shape = tuple(int(round(n * m / s)) for n, m, s in zip(in_shape, model_spacing, scan_spacing))
+    logits = blob_logits(in_shape, classes=4, seed=11)
+    theirs = nnunet_resampling.resample_data_or_seg_to_shape(logits.numpy(), out_shape, model_spacing, scan_spacing,
+                                                              is_seg=False, order=1, order_z=0,
+                                                              force_separate_z=None).argmax(0)
+    nearest = nearest_axes(model_spacing, scan_spacing, 0, None)
+    ours = {}
+    for shrink in ("linear", "area"):
+        labels, window = logits_to_labels_interpolated(logits, out_shape, nearest_axes=nearest, shrink=shrink)
+        ours[shrink] = np.zeros(out_shape, np.uint8)
+        ours[shrink][window] = labels
+    assert len(np.unique(theirs)) > 1
+    assert (ours["linear"] != theirs).mean() < 1e-4
+    assert (ours["area"] != theirs).mean() > 1e-3  # the averaging export is not nnU-Net's
+
+
+def test_slab_export_with_linear_shrink_equals_whole_map_export():
+    logits = blob_logits((20, 24, 24), classes=3, seed=9)
+    pre = Preprocessed(torch.zeros(1), (13, 15, 17), (13, 15, 17), CropBox((0, 0, 0), (13, 15, 17)), (1.0, 1.0, 1.0))
+    whole = export_labels(logits, pre, (0, 1, 2), shrink="linear")
+    assert len(np.unique(whole)) > 1
+    for rows in (1, 3, 20):
+        exporter = SlabExport(pre, logits.shape[1:], "logits", shrink="linear")
+        for z0 in range(0, 20, rows):
+            exporter.add(z0, logits[:, z0:z0 + rows])
+        assert (exporter.labels((0, 1, 2)) != whole).mean() < 1e-4
+    with pytest.raises(ValueError, match="shrink"):
+        SlabExport(pre, logits.shape[1:], "logits", shrink="cubic")
+
+
 def test_slab_export_with_nearest_z_equals_whole_map_export():
     logits = blob_logits((14, 12, 12), classes=3, seed=8)
     pre = Preprocessed(torch.zeros(1), (17, 30, 30), (17, 30, 30), CropBox((0, 0, 0), (17, 30, 30)), (1.0, 1.0, 1.0))

@@ -10,6 +10,12 @@ Two methods (compare them in BENCHMARKS.md):
   all have the same argmax gets that label without interpolating, so where no axis shrinks only
   the voxels between differently labelled corners (organ borders: a few percent of a trained
   model's map) are interpolated, at the corners they read (`_boundary_labels`).
+
+Where an axis shrinks, `shrink` says how: "area" (averaging every input the output covers: the
+`fast` resampling) or "linear" (two-tap linear interpolation at the output's centre without
+anti-aliasing: what nnU-Net's export does, skimage's `resize(order=1)`, so `--resampling nnunet`
+uses it). Linear reads two inputs per axis whichever way the axis goes, so the border-only path
+serves every shape with it.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from inference.resampling.nnunet import nearest_indices
 from inference.resampling.fast import area_bins, linear_source_weights, resample_torch, source_range_for_output
 
 NO_NEAREST_AXES = (False, False, False)
+SHRINK_MODES = ("area", "linear")
 
 SLAB_BYTES = 256 * 2**20  # working set per slab on the CPU; a device gets its budget's (`working_bytes`)
 # Interpolating a border voxel at its corners (8 gathers of every class) costs about 2.5 times a
@@ -34,13 +41,14 @@ BOUNDARY_CHUNK = 1 << 18  # border voxels interpolated per batch (14 classes x 8
 GATHER_BYTES = 4 * 8 * 2  # per class and border voxel: float32 values of 8 corners, and their blends
 
 
-def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int, nearest: bool = False) -> tuple[int, int]:
+def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int, nearest: bool = False,
+                shrink: str = "area") -> tuple[int, int]:
     """Output index range whose values read any input index in [box_lo, box_hi) along one axis."""
     if out_size == in_size:
         return box_lo, box_hi
     if nearest:
         lo = hi = nearest_indices(in_size, out_size)
-    elif out_size > in_size:
+    elif _linear(in_size, out_size, shrink):
         lo, hi, _ = linear_source_weights(in_size, out_size)
     else:
         lo, hi = area_bins(in_size, out_size)
@@ -49,10 +57,17 @@ def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int, nearest: 
     return int(touching[0]), int(touching[-1]) + 1
 
 
+def _linear(in_size: int, out_size: int, shrink: str) -> bool:
+    """Is this axis resized by linear interpolation (it grows, or it shrinks with `shrink` "linear")?"""
+    if shrink not in SHRINK_MODES:
+        raise ValueError(f"shrink must be one of {SHRINK_MODES}, got {shrink!r}")
+    return out_size > in_size or (out_size < in_size and shrink == "linear")
+
+
 def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int, in_start: int, in_stop: int,
-                 dtype=np.float32, nearest: bool = False) -> np.ndarray:
+                 dtype=np.float32, nearest: bool = False, shrink: str = "area") -> np.ndarray:
     """Dense (out_stop - out_start, in_stop - in_start) matrix resizing one axis from in_size to
-    out_size (area down, linear up with align_corners=False; `nearest`: nnU-Net's nearest
+    out_size (`shrink` down, linear up with align_corners=False; `nearest`: nnU-Net's nearest
     neighbour), restricted to an output window and the input window it reads. Rows hold torch's
     own weights, so results equal F.interpolate's.
     """
@@ -60,7 +75,7 @@ def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int, in_
     matrix = np.zeros((out_stop - out_start, in_stop - in_start), dtype=dtype)
     if nearest:
         matrix[rows, nearest_indices(in_size, out_size)[out_start:out_stop] - in_start] = 1.0
-    elif out_size > in_size:
+    elif _linear(in_size, out_size, shrink):
         lo, hi, frac = (a[out_start:out_stop] for a in linear_source_weights(in_size, out_size, dtype))
         np.add.at(matrix, (rows, lo - in_start), 1 - frac)
         np.add.at(matrix, (rows, hi - in_start), frac)  # add: lo == hi at the clamped border
@@ -72,8 +87,8 @@ def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int, in_
 
 
 def resample_axis(x: torch.Tensor, dim: int, in_size: int, out_size: int, out_start: int, out_stop: int,
-                  in_offset: int = 0, nearest: bool = False) -> torch.Tensor:
-    """Outputs out_start..out_stop-1 of resizing axis `dim` from in_size to out_size (area down,
+                  in_offset: int = 0, nearest: bool = False, shrink: str = "area") -> torch.Tensor:
+    """Outputs out_start..out_stop-1 of resizing axis `dim` from in_size to out_size (`shrink` down,
     linear up, align_corners=False), when `x` holds input indices from `in_offset` on.
 
     Resampling is separable, so applying this per axis equals torch's 3D call; computing only an
@@ -84,7 +99,7 @@ def resample_axis(x: torch.Tensor, dim: int, in_size: int, out_size: int, out_st
         return x.narrow(dim, out_start - in_offset, out_stop - out_start)
     dtype = np.float64 if x.dtype == torch.float64 else np.float32  # torch's own weight precision
     matrix = torch.from_numpy(axis_weights(in_size, out_size, out_start, out_stop, in_offset,
-                                           in_offset + x.shape[dim], dtype, nearest)).to(x.device, x.dtype)
+                                           in_offset + x.shape[dim], dtype, nearest, shrink)).to(x.device, x.dtype)
     if dim == x.dim() - 1:
         return torch.matmul(x, matrix.T)
     moved = x.movedim(dim, -2)  # matmul contracts the second-to-last axis of its right operand
@@ -96,57 +111,65 @@ def argmax_channels(scores: torch.Tensor) -> torch.Tensor:
     return scores.argmax(0).to(torch.uint8)
 
 
-def _plane_kernel_pays(in_plane, out_plane, window_plane) -> bool:
+def _plane_kernel_pays(in_plane, out_plane, window_plane, shrink: str = "area") -> bool:
     """True when resizing the whole plane with torch's interpolation kernel costs less than the
     dense per-axis matrix products restricted to the window (which grow with the square of the
     window's side: cheap for organ crops, wasteful on a whole 512x512 plane)."""
     (yi, xi), (yo, xo), (yw, xw) = in_plane, out_plane, window_plane
     matrix_macs = yw * yi * xi + yw * xi * xw
     kernel_cost = 8 * yo * xo  # a few memory passes per output element, no reduction over inputs
-    return _plane_resizable(in_plane, out_plane) and kernel_cost < matrix_macs
+    return _plane_resizable(in_plane, out_plane, shrink) and kernel_cost < matrix_macs
 
 
-def _plane_resizable(in_plane, out_plane) -> bool:
-    """One 2D kernel serves both in-plane axes only if they change the same way."""
+def _plane_resizable(in_plane, out_plane, shrink: str = "area") -> bool:
+    """One 2D kernel serves both in-plane axes only if they change the same way (bilinear serves
+    any pair when shrinking is linear too)."""
     (yi, xi), (yo, xo) = in_plane, out_plane
-    return (yo > yi and xo > xi) or (yo < yi and xo < xi) or (yo, xo) == (yi, xi)
+    return shrink == "linear" or (yo > yi and xo > xi) or (yo < yi and xo < xi) or (yo, xo) == (yi, xi)
 
 
-def _resize_plane(part: torch.Tensor, out_plane) -> torch.Tensor:
-    """(C, S, Y, X) -> (C, S, Y', X'): bilinear up or area down on whole planes (torch's kernels)."""
+def _resize_plane(part: torch.Tensor, out_plane, shrink: str = "area") -> torch.Tensor:
+    """(C, S, Y, X) -> (C, S, Y', X'): bilinear up and `shrink` down on whole planes (torch's
+    kernels; bilinear without anti-aliasing is two-tap both ways)."""
     grows = out_plane[0] > part.shape[2]
-    kwargs = {"mode": "bilinear", "align_corners": False} if grows else {"mode": "area"}
+    kwargs = {"mode": "bilinear", "align_corners": False} if grows or shrink == "linear" else {"mode": "area"}
     return F.interpolate(part, size=tuple(out_plane), **kwargs)
 
 
-def _source_range(in_size: int, out_size: int, out_start: int, out_stop: int, nearest: bool) -> tuple[int, int]:
+def _source_range(in_size: int, out_size: int, out_start: int, out_stop: int, nearest: bool,
+                  shrink: str = "area") -> tuple[int, int]:
     if nearest and in_size != out_size:
         index = nearest_indices(in_size, out_size)
         return int(index[out_start]), int(index[out_stop - 1]) + 1
+    if out_size < in_size and _linear(in_size, out_size, shrink):
+        lo, hi, _ = linear_source_weights(in_size, out_size)
+        return int(lo[out_start]), int(hi[out_stop - 1]) + 1
     return source_range_for_output(in_size, out_size, out_start, out_stop)
 
 
 def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shape, out_z: tuple[int, int],
                          plane_kernel: bool | None = None, nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES,
-                         working_bytes: int | None = None) -> tuple[np.ndarray, tuple[slice, ...] | None]:
+                         working_bytes: int | None = None, shrink: str = "area"
+                         ) -> tuple[np.ndarray, tuple[slice, ...] | None]:
     """Labels for output slices out_z[0]..out_z[1]-1 (all of y and x) of resizing a map of
     `in_shape` to `out_shape`, when `rows` holds the map's rows from `row_offset` on, including
     every row those outputs read. Returns the labels inside their foreground window and the
     window's slices in the output grid (None: all background). `working_bytes` bounds the
-    temporaries (default: SLAB_BYTES, and BOUNDARY_CHUNK border voxels a batch).
+    temporaries (default: SLAB_BYTES, and BOUNDARY_CHUNK border voxels a batch). `shrink`: how
+    shrinking axes are resized (module docstring).
     """
     low = argmax_channels(rows)
     box = foreground_extents(low)
     if box is None:
         return np.zeros((0, 0, 0), np.uint8), None
     box = ((box[0][0] + row_offset, box[0][1] + row_offset), *box[1:])
-    window = [output_span(i, o, lo, hi, nearest) for i, o, (lo, hi), nearest
+    window = [output_span(i, o, lo, hi, nearest, shrink) for i, o, (lo, hi), nearest
               in zip(in_shape, out_shape, box, nearest_axes)]
     window[0] = (max(window[0][0], out_z[0]), min(window[0][1], out_z[1]))
     if window[0][0] >= window[0][1]:
         return np.zeros((0, 0, 0), np.uint8), None
     window_slices = tuple(slice(a, b) for a, b in window)
-    if all(o >= i or nearest for i, o, nearest in zip(in_shape, out_shape, nearest_axes)):
+    if all(o >= i or nearest or shrink == "linear" for i, o, nearest in zip(in_shape, out_shape, nearest_axes)):
         chunk = BOUNDARY_CHUNK if working_bytes is None else max(1, working_bytes // (GATHER_BYTES * rows.shape[0]))
         labels = _boundary_labels(rows, low, row_offset, in_shape, out_shape, window, nearest_axes=nearest_axes,
                                   chunk=chunk)
@@ -154,13 +177,13 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
             return labels, window_slices
     (z0, z1), (y0, y1), (x0, x1) = window
     if plane_kernel is None:
-        plane_kernel = _plane_kernel_pays(in_shape[1:], out_shape[1:], (y1 - y0, x1 - x0))
-    plane_kernel = plane_kernel and _plane_resizable(in_shape[1:], out_shape[1:]) and not any(nearest_axes[1:])
+        plane_kernel = _plane_kernel_pays(in_shape[1:], out_shape[1:], (y1 - y0, x1 - x0), shrink)
+    plane_kernel = plane_kernel and _plane_resizable(in_shape[1:], out_shape[1:], shrink) and not any(nearest_axes[1:])
     if plane_kernel:  # whole planes in, window cut from the output
         (sy0, sy1), (sx0, sx1) = (0, in_shape[1]), (0, in_shape[2])
         plane_elements = out_shape[1] * out_shape[2]
     else:
-        (sy0, sy1), (sx0, sx1) = (_source_range(i, o, a, b, nearest) for i, o, (a, b), nearest
+        (sy0, sy1), (sx0, sx1) = (_source_range(i, o, a, b, nearest, shrink) for i, o, (a, b), nearest
                                   in zip(in_shape[1:], out_shape[1:], window[1:], nearest_axes[1:]))
         plane_elements = (y1 - y0) * (x1 - x0)
     classes = rows.shape[0]
@@ -169,14 +192,14 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
     labels = np.empty((z1 - z0, y1 - y0, x1 - x0), dtype=np.uint8)
     for start in range(z0, z1, slab):
         stop = min(start + slab, z1)
-        sz0, sz1 = _source_range(in_shape[0], out_shape[0], start, stop, nearest_axes[0])
+        sz0, sz1 = _source_range(in_shape[0], out_shape[0], start, stop, nearest_axes[0], shrink)
         part = rows[:, sz0 - row_offset:sz1 - row_offset, sy0:sy1, sx0:sx1].float()
-        part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0, nearest_axes[0])
+        part = resample_axis(part, 1, in_shape[0], out_shape[0], start, stop, sz0, nearest_axes[0], shrink)
         if plane_kernel:
-            part = _resize_plane(part, out_shape[1:])[:, :, y0:y1, x0:x1]
+            part = _resize_plane(part, out_shape[1:], shrink)[:, :, y0:y1, x0:x1]
         else:
-            part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0, nearest_axes[1])
-            part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0, nearest_axes[2])
+            part = resample_axis(part, 2, in_shape[1], out_shape[1], y0, y1, sy0, nearest_axes[1], shrink)
+            part = resample_axis(part, 3, in_shape[2], out_shape[2], x0, x1, sx0, nearest_axes[2], shrink)
         labels[start - z0:stop - z0] = argmax_channels(part).cpu().numpy()
     return labels, window_slices
 
@@ -184,8 +207,8 @@ def _interpolate_outputs(rows: torch.Tensor, row_offset: int, in_shape, out_shap
 def _boundary_labels(rows: torch.Tensor, low: torch.Tensor, row_offset: int, in_shape, out_shape, window,
                      share_limit: float | None = None, nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES,
                      chunk: int = BOUNDARY_CHUNK) -> np.ndarray | None:
-    """Labels of the output `window` when no axis shrinks linearly (linear interpolation reads two
-    source indices per axis, one where the axis keeps its size or is resized by nearest
+    """Labels of the output `window` when no axis shrinks by area (linear interpolation, up or down,
+    reads two source indices per axis, one where the axis keeps its size or is resized by nearest
     neighbour), interpolating only border voxels.
 
     A voxel whose (up to 8) source corners share one argmax gets it: its interpolated vector is a
@@ -291,18 +314,23 @@ class SlabExport:
     slices gets its own foreground window (exact, by the convexity argument of the module
     docstring), and a different window can change the order of the additions in the in-plane
     pass or pick the other in-plane kernel (tests/test_export.py measures the agreement).
+    `nearest_axes` and `shrink` choose the resampling per axis (module docstring).
     """
 
     def __init__(self, pre: Preprocessed, model_shape, method: str = "logits",
-                 nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES, working_bytes: int | None = None):
+                 nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES, working_bytes: int | None = None,
+                 shrink: str = "area"):
         _check_method(method)
-        self.pre, self.method, self.nearest_axes = pre, method, tuple(nearest_axes)
+        if shrink not in SHRINK_MODES:
+            raise ValueError(f"shrink must be one of {SHRINK_MODES}, got {shrink!r}")
+        self.pre, self.method, self.nearest_axes, self.shrink = pre, method, tuple(nearest_axes), shrink
         self.working_bytes = working_bytes
         self.in_shape, self.out_shape = tuple(int(s) for s in model_shape), tuple(pre.crop.shape)
         self.full = np.zeros(pre.transposed_shape, dtype=np.uint8)
         self.crop_labels = self.full[pre.crop.slices]  # a view: labels land in the input-sized array
         self.low = np.zeros(self.in_shape, dtype=np.uint8) if method == "argmax" else None
-        self.source_start, self.source_stop = _source_rows(self.in_shape[0], self.out_shape[0], self.nearest_axes[0])
+        self.source_start, self.source_stop = _source_rows(self.in_shape[0], self.out_shape[0], self.nearest_axes[0],
+                                                           shrink)
         self.rows: torch.Tensor | None = None
         self.row_offset = 0  # model-resolution z index of self.rows[:, 0]
         self.arrived = 0  # rows received so far
@@ -326,7 +354,8 @@ class SlabExport:
         first, last = int(self.source_start[out_start]), int(self.source_stop[out_stop - 1])
         rows = self.rows[:, first - self.row_offset:last - self.row_offset]
         labels, window = _interpolate_outputs(rows, first, self.in_shape, self.out_shape, (out_start, out_stop),
-                                              nearest_axes=self.nearest_axes, working_bytes=self.working_bytes)
+                                              nearest_axes=self.nearest_axes, working_bytes=self.working_bytes,
+                                              shrink=self.shrink)
         if window is not None:
             self.crop_labels[window] = labels
 
@@ -349,13 +378,14 @@ class SlabExport:
         return _input_grid(self.full, transpose_backward, label_values)
 
 
-def _source_rows(in_size: int, out_size: int, nearest: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _source_rows(in_size: int, out_size: int, nearest: bool = False, shrink: str = "area"
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per output index along z: first and one-past-last input index it reads
     (`source_range_for_output` for every output at once; both are non-decreasing)."""
     if in_size == out_size or nearest:  # one source row per output (the identity when sizes agree)
         index = nearest_indices(in_size, out_size)
         return index, index + 1
-    if out_size > in_size:
+    if _linear(in_size, out_size, shrink):
         lo, hi, _ = linear_source_weights(in_size, out_size)
         return lo, hi + 1
     return area_bins(in_size, out_size)

@@ -130,6 +130,12 @@ class ModelRunner:
         return nearest_axes(self.config.spacing, pre.spacing_before_resampling, settings.order_z,
                             settings.force_separate_z)
 
+    def export_shrink(self) -> str:
+        """How the logits return along an axis that shrinks (a scan coarser than the model's
+        spacing): nnU-Net's two-tap linear interpolation with resampling "nnunet", as nnU-Net's
+        export does; averaging otherwise."""
+        return "linear" if self.options.resampling == "nnunet" else "area"
+
     def memory_plan(self, network_input_shape) -> MemoryPlan:
         """Tile size and accumulator placement for a network input of (Z, Y, X) at model spacing."""
         return plan_tiles(self.cost, self.config.patch_size, self.config.num_classes, network_input_shape,
@@ -176,7 +182,8 @@ class ModelRunner:
                               + (self.cost.parameters * 2 if options.precision != "fp32" else 0),
                               precision_bytes(options.precision))
         exporter = SlabExport(pre, pre.data.shape[1:], options.export, self.export_nearest_axes(pre),
-                              working_bytes=plan.export_bytes if self.budget_mb else None)
+                              working_bytes=plan.export_bytes if self.budget_mb else None,
+                              shrink=self.export_shrink())
         slabs = sliding_window_slabs(self.model, pre.data, plan.tile, self.config.num_classes,
                                      step_size=options.step_size, precision=options.precision, placement=placement)
         while True:
