@@ -208,3 +208,56 @@ def test_tumours_in_an_implausible_organ_or_in_no_organ(adult):
 def test_nothing_segmented_in_a_body(adult):
     flags = flags_of(np.zeros_like(adult.labels), adult.image, adult.geometry)
     assert set(flags) == {("no_organ_segmented", "case")}
+
+
+def slow_measure(labels, label, geometry, body):
+    """Per-label reference for measure_labels: the label's mask on its own box, scipy's centre of
+    mass, cc3d on that mask alone (what the one-pass statistics must reproduce)."""
+    import cc3d
+    from inference.app.quality.measure import SIGNIFICANT_PIECE_SHARE, cranio_caudal_axis
+    box = ndimage.find_objects((labels == label).astype(np.uint8))[0]
+    mask = labels[box] == label
+    components, count = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    sizes = np.bincount(components.ravel())[1:]
+    pieces = count if count <= 1 else int((sizes >= SIGNIFICANT_PIECE_SHARE * sizes.max()).sum())
+    centroid = np.array(ndimage.center_of_mass(mask)) + [s.start for s in box]
+    offsets = [(-s.start) % st for s, st in zip(box, body.stride)]
+    sampled = mask[tuple(slice(o, None, st) for o, st in zip(offsets, body.stride))]
+    inside = body.mask[tuple(slice((s.start + o) // st, (s.start + o) // st + n)
+                             for s, o, st, n in zip(box, offsets, body.stride, sampled.shape))]
+    axis = cranio_caudal_axis(geometry)
+    return {"volume_ml": mask.sum() * float(np.prod(geometry.spacing)) / 1000, "pieces": pieces,
+            "centroid_lps": tuple(geometry.index_to_physical(centroid)), "box_axis": (box[axis].start, box[axis].stop),
+            "outside_body_share": float((sampled & ~inside).sum()) / max(int(sampled.sum()), 1)}
+
+
+@pytest.mark.parametrize("direction", [IDENTITY, FEET_FIRST])
+def test_one_pass_measures_equal_per_label_measures(adult, direction):
+    """measure_labels (one multi-label components pass) equals measuring each label on its own, on
+    fragmented organs, labels touching each other, and a value above the FLARE labels (ignored)."""
+    from inference.app.quality.measure import body_outline, cranio_caudal_axis, measure_labels
+    geometry = Geometry(adult.geometry.shape, adult.geometry.spacing, direction=direction)
+    labels = adult.labels.copy()
+    rng = np.random.default_rng(3)
+    for label in (LIVER, SPLEEN, RIGHT_ADRENAL):  # scattered specks and blocks far from the organ
+        for _ in range(6):
+            z, y, x = (rng.integers(0, n - 4) for n in labels.shape)
+            labels[z:z + rng.integers(1, 4), y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = label
+    labels[60:68, 10:40, 10:40] = LIVER  # a second large piece: the liver is split
+    labels[0:3, 0:3, 0:3] = 200  # not a FLARE label
+    body = body_outline(adult.image, geometry)
+    measured = measure_labels(labels, geometry, body)
+    present = sorted(int(v) for v in np.unique(labels) if 0 < v <= TUMOR)
+    assert sorted(measured) == present
+    axis = cranio_caudal_axis(geometry)
+    for label in present:
+        reference, ours = slow_measure(labels, label, geometry, body), measured[label]
+        assert ours.volume_ml == pytest.approx(reference["volume_ml"], rel=1e-12)
+        assert ours.pieces == reference["pieces"]
+        np.testing.assert_allclose(ours.centroid_lps, reference["centroid_lps"], rtol=0, atol=1e-6)
+        assert ours.outside_body_share == pytest.approx(reference["outside_body_share"], abs=1e-12)
+        n, spacing = geometry.shape[axis], geometry.spacing[axis]
+        start, stop = reference["box_axis"]
+        expected_bottom = start * spacing if geometry.cranial_sign(axis) > 0 else (n - stop) * spacing
+        assert ours.bottom_mm == pytest.approx(expected_bottom)
+    assert measured[LIVER].pieces > 1 and measure_labels(np.zeros_like(labels), geometry, body) == {}

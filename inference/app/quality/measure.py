@@ -12,6 +12,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from inference.core.boxes import foreground_box
 from inference.core.geometry import Geometry
 from inference.core.labels import TUMOR_LABEL
 
@@ -87,12 +88,56 @@ def body_outline(image: np.ndarray, geometry: Geometry) -> Body:
     return Body(coarse, stride, float(slab_ml.sum()), width, float(geometry.index_to_physical(centre)[0]), slab_ml)
 
 
-def measure_label(labels: np.ndarray, label: int, box: tuple[slice, ...], geometry: Geometry,
-                  body: Body) -> OrganMeasure:
-    """Measurements of one label given its bounding box (from ndimage.find_objects)."""
-    mask = labels[box] == label
-    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
-    count = int(mask.sum())
+def measure_labels(labels: np.ndarray, geometry: Geometry, body: Body, max_label: int = TUMOR_LABEL) -> dict[int, OrganMeasure]:
+    """OrganMeasure for every label 1..max_label present (the FLARE labels; a model with other
+    values has no anatomy the rules know).
+
+    One multi-label connected-components pass (cc3d labels 26-connected regions of equal value)
+    and its per-component statistics give every label's size, pieces, extent and centroid at once:
+    measuring each label on its own bounding box costs a pass over that box per label, and the box
+    of a label scattered over the scan (what a failing model produces) is the whole scan (15 s on a
+    512x512x300 case against under 1 s).
+    """
+    labels = np.asarray(labels)
+    if labels.size and int(labels.max()) > max_label:
+        labels = np.where(labels <= max_label, labels, 0).astype(labels.dtype)
+    box = foreground_box(labels)
+    if box is None:
+        return {}
+    crop = labels[box]
+    components = _components(crop)
+    stats = cc3d.statistics(components)
+    label_of = np.zeros(len(stats["voxel_counts"]), dtype=np.int64)
+    foreground = crop != 0
+    label_of[components[foreground]] = crop[foreground]
+    del components, foreground
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    measures = {}
+    for label in np.unique(label_of[1:]):
+        ids = np.flatnonzero(label_of == label)
+        ids = ids[ids > 0]
+        measures[int(label)] = _measure(int(label), labels, ids, stats, offset, geometry, body)
+    return measures
+
+
+def _components(crop: np.ndarray) -> np.ndarray:
+    """26-connected components of every label value; 16-bit ids when they fit (half the memory)."""
+    try:
+        return cc3d.connected_components(crop, connectivity=26, out_dtype=np.uint16)
+    except ValueError:  # cc3d's estimate of provisional ids exceeds 16 bits (a very noisy map)
+        return cc3d.connected_components(crop, connectivity=26, out_dtype=np.uint32)
+
+
+def _measure(label: int, labels: np.ndarray, ids: np.ndarray, stats: dict, offset: np.ndarray,
+             geometry: Geometry, body: Body) -> OrganMeasure:
+    """OrganMeasure of `label` from its components `ids` (cc3d statistics of the crop at `offset`)."""
+    sizes = stats["voxel_counts"][ids].astype(np.int64)
+    count = int(sizes.sum())
+    boxes = [stats["bounding_boxes"][i] for i in ids]
+    box = tuple(slice(int(min(b[a].start for b in boxes) + offset[a]), int(max(b[a].stop for b in boxes) + offset[a]))
+                for a in range(3))
+    centroid_index = (stats["centroids"][ids] * sizes[:, None]).sum(axis=0) / count + offset
+    pieces = len(ids) if len(ids) <= 1 else int((sizes >= SIGNIFICANT_PIECE_SHARE * sizes.max()).sum())
     axis = cranio_caudal_axis(geometry)
     start, stop = box[axis].start, box[axis].stop
     spacing, n = geometry.spacing[axis], geometry.shape[axis]
@@ -102,37 +147,22 @@ def measure_label(labels: np.ndarray, label: int, box: tuple[slice, ...], geomet
         bottom, top = (n - stop) * spacing, (n - 1 - start) * spacing
     in_plane = [a for a in range(3) if a != axis]
     edge = any(box[a].start == 0 or box[a].stop == geometry.shape[a] for a in in_plane)
-    centroid_index = np.array(ndimage.center_of_mass(mask)) + [s.start for s in box]
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
     return OrganMeasure(
-        label=label, volume_ml=count * voxel_ml, pieces=significant_pieces(mask),
+        label=label, volume_ml=count * voxel_ml, pieces=pieces,
         bottom_mm=bottom, top_mm=top, touches_slice_ends=start == 0 or stop == n,
         touches_in_plane_edge=edge, centroid_lps=tuple(float(c) for c in geometry.index_to_physical(centroid_index)),
-        outside_body_share=_outside_share(mask, box, body),
+        outside_body_share=_outside_share(labels, label, box, body),
         body_slab_ml=float(body.slab_ml[start:stop].sum()))
 
 
-def significant_pieces(mask: np.ndarray) -> int:
-    components, count = cc3d.connected_components(mask, connectivity=26, return_N=True)
-    if count <= 1:
-        return count
-    sizes = np.bincount(components.ravel())[1:]
-    return int((sizes >= SIGNIFICANT_PIECE_SHARE * sizes.max()).sum())
-
-
-def _outside_share(mask: np.ndarray, box: tuple[slice, ...], body: Body) -> float:
-    """Share of the organ's voxels on the body grid that fall outside the outline."""
+def _outside_share(labels: np.ndarray, label: int, box: tuple[slice, ...], body: Body) -> float:
+    """Share of the label's voxels on the body grid that fall outside the outline (only the grid's
+    voxels of the label's box are read)."""
     offsets = [(-s.start) % st for s, st in zip(box, body.stride)]  # first voxel on the coarse grid
-    sampled = mask[tuple(slice(o, None, st) for o, st in zip(offsets, body.stride))]
+    sampled = labels[tuple(slice(s.start + o, s.stop, st) for s, o, st in zip(box, offsets, body.stride))] == label
     coarse_box = tuple(slice((s.start + o) // st, (s.start + o) // st + n)
                        for s, o, st, n in zip(box, offsets, body.stride, sampled.shape))
     inside = body.mask[coarse_box]
     total = int(sampled.sum())
     return float((sampled & ~inside).sum()) / total if total else 0.0
-
-
-def measure_labels(labels: np.ndarray, geometry: Geometry, body: Body, max_label: int = TUMOR_LABEL) -> dict[int, OrganMeasure]:
-    """OrganMeasure for every label 1..max_label present (the FLARE labels; a model with other
-    values has no anatomy the rules know)."""
-    boxes = ndimage.find_objects(labels, max_label=max_label)
-    return {index + 1: measure_label(labels, index + 1, box, geometry, body)
-            for index, box in enumerate(boxes) if box is not None}
