@@ -48,8 +48,9 @@ def run_variant(name: str, args, repeat: int) -> dict:
 def voxel_agreement(a: Path, b: Path) -> float:
     fractions = []
     for path in sorted(a.glob("*.nii.gz")):
-        x = sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))
-        y = sitk.GetArrayViewFromImage(sitk.ReadImage(str(b / path.name)))
+        # copies, not views: a view of an image nothing keeps alive reads freed memory
+        x = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        y = sitk.GetArrayFromImage(sitk.ReadImage(str(b / path.name)))
         fractions.append(float(np.mean(x == y)))
     return statistics.mean(fractions)
 

@@ -13,6 +13,7 @@ from inference.core.choices import DEVICES, EXPORT_METHODS, PRECISION_CHOICES, P
 from inference.engine.device_memory import (DEFAULT_BUDGET_MB, MemoryPlan, NetworkCost, UNetShape, active_ledger,
                                      plan_tiles, precision_bytes, stride_divisors, weight_bytes)
 from inference.engine.logits_to_labels import NO_NEAREST_AXES, SlabExport
+from inference.engine.cpu_layout import ChannelsLastOnCpu
 from inference.engine.lean_forward import LeanModel
 from inference.engine.mirroring import maybe_mirrored
 from inference.engine.model import LoadedModel
@@ -114,8 +115,10 @@ class ModelRunner:
         self.options = options
         self.budget_mb = options.memory_budget_mb
         # lean_forward: the same logits bit for bit with a third fewer feature maps held at once
-        self.model = maybe_mirrored(LeanModel(model.to(torch.device("cpu") if self.budget_mb else options.device)),
-                                    options.tta)
+        network_fn = LeanModel(model.to(torch.device("cpu") if self.budget_mb else options.device))
+        if options.device.type == "cpu":  # a budget means a GPU computes: its weights only wait on the host
+            network_fn = ChannelsLastOnCpu(network_fn)
+        self.model = maybe_mirrored(network_fn, options.tta)
         self.config = model.config
         network = model.networks[0]
         self.cost = NetworkCost(UNetShape.of(network), weight_bytes(network) * len(model.networks),
