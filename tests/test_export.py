@@ -304,3 +304,14 @@ def test_slab_export_rejects_slabs_out_of_order_and_early_results():
         exporter.add(3, logits[:, 3:])
     with pytest.raises(ValueError, match="2 of 6"):
         exporter.labels((0, 1, 2))
+
+
+@pytest.mark.parametrize("shape,dtype", [((14, 6, 9, 11), torch.float32), ((3, 50), torch.float32),
+                                         ((5, 4, 7), torch.bfloat16), ((1, 8), torch.float32)])
+def test_argmax_channels_equals_torch_argmax_ties_included(shape, dtype):
+    scores = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape))).to(dtype)
+    scores = (scores * 2).round() / 2  # coarse values: many exact ties between classes
+    labels = export.argmax_channels(scores)
+    assert labels.dtype == torch.uint8 and labels.shape == scores.shape[1:]
+    assert torch.equal(labels, scores.argmax(0).to(torch.uint8))
+    assert torch.equal(export.argmax_channels(scores[:, :0]), torch.zeros(scores.shape[1:])[:0].to(torch.uint8))
