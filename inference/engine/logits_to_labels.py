@@ -57,10 +57,14 @@ def output_span(in_size: int, out_size: int, box_lo: int, box_hi: int, nearest: 
     return int(touching[0]), int(touching[-1]) + 1
 
 
-def _linear(in_size: int, out_size: int, shrink: str) -> bool:
-    """Is this axis resized by linear interpolation (it grows, or it shrinks with `shrink` "linear")?"""
+def _check_shrink(shrink: str) -> None:
     if shrink not in SHRINK_MODES:
         raise ValueError(f"shrink must be one of {SHRINK_MODES}, got {shrink!r}")
+
+
+def _linear(in_size: int, out_size: int, shrink: str) -> bool:
+    """Is this axis resized by linear interpolation (it grows, or it shrinks with `shrink` "linear")?"""
+    _check_shrink(shrink)
     return out_size > in_size or (out_size < in_size and shrink == "linear")
 
 
@@ -335,8 +339,7 @@ class SlabExport:
                  nearest_axes: tuple[bool, ...] = NO_NEAREST_AXES, working_bytes: int | None = None,
                  shrink: str = "area"):
         _check_method(method)
-        if shrink not in SHRINK_MODES:
-            raise ValueError(f"shrink must be one of {SHRINK_MODES}, got {shrink!r}")
+        _check_shrink(shrink)
         self.pre, self.method, self.nearest_axes, self.shrink = pre, method, tuple(nearest_axes), shrink
         self.working_bytes = working_bytes
         self.in_shape, self.out_shape = tuple(int(s) for s in model_shape), tuple(pre.crop.shape)

@@ -101,21 +101,21 @@ def measure_labels(labels: np.ndarray, geometry: Geometry, body: Body, max_label
     labels = np.asarray(labels)
     if labels.size and int(labels.max()) > max_label:
         labels = np.where(labels <= max_label, labels, 0).astype(labels.dtype)
-    box = foreground_box(labels)
+    nonzero = labels != 0
+    box = foreground_box(nonzero)
     if box is None:
         return {}
-    crop = labels[box]
+    crop, foreground = labels[box], nonzero[box]
+    del nonzero
     components = _components(crop)
     stats = cc3d.statistics(components)
-    label_of = np.zeros(len(stats["voxel_counts"]), dtype=np.int64)
-    foreground = crop != 0
+    label_of = np.zeros(len(stats["voxel_counts"]), dtype=np.int64)  # component 0, the background: 0
     label_of[components[foreground]] = crop[foreground]
     del components, foreground
     offset = np.array([s.start for s in box], dtype=np.float64)
     measures = {}
-    for label in np.unique(label_of[1:]):
+    for label in np.unique(label_of[1:]):  # every component from 1 on holds a label >= 1
         ids = np.flatnonzero(label_of == label)
-        ids = ids[ids > 0]
         measures[int(label)] = _measure(int(label), labels, ids, stats, offset, geometry, body)
     return measures
 
